@@ -1,0 +1,46 @@
+"""Celery settings of the Mitrailleuse fleet (``app.config_from_object("celeryconfig")``).
+
+Every worker, beat and Flower process loads this module. Broker and result backend are the
+same Redis: ``REDIS_URL``, or the embedded server under ``.mitrailleuse/redis/``.
+Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``.
+"""
+
+import os
+
+from kombu import Queue
+
+from mitrailleuse.broker import resolve_redis_url
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE, PROVIDER_QUEUES
+
+broker_url = result_backend = resolve_redis_url(os.environ.get("REDIS_URL"))
+broker_connection_retry_on_startup = True
+
+task_serializer = result_serializer = "json"
+accept_content = ["json"]
+
+# A message is acknowledged only after its task has run, so a worker killed mid-call leaves
+# it in Redis to be delivered again; the per-item record store makes that redelivery harmless.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message reserved per worker slot: a killed worker strands as few messages as possible.
+worker_prefetch_multiplier = 1
+# An unacknowledged message comes back after this long. Retry countdowns (at most the retry
+# policy's max_backoff_s, 60 s by default) stay far below it, so a waiting retry is never
+# delivered twice.
+broker_transport_options = {
+    "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600"))
+}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+result_expires = 24 * 3600
+
+task_queues = [Queue(name) for name in (*PROVIDER_QUEUES, CONTROL_QUEUE)]
+task_default_queue = CONTROL_QUEUE
+# Provider calls spend their time waiting on the network: threads keep many in flight on
+# few cores (see the README's Performance section for the measurement).
+worker_pool = "threads"
+worker_concurrency = int(os.environ.get("MITRAILLEUSE_CONCURRENCY", "64"))
+
+# Task events feed Flower; what it shows of a task is set by argsrepr (run, item, provider).
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False

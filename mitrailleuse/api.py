@@ -1,0 +1,254 @@
+"""The Python API: create tasks, submit them to the fleet, follow and collect their runs.
+
+The CLI is a thin layer over this module. :class:`Mitrailleuse` finds Redis (``REDIS_URL`` or
+the embedded server) and the tasks dir; :meth:`Mitrailleuse.submit` returns a :class:`Run` at
+once, whose callbacks are delivered by a background thread listening to the run's Redis
+channel, never by the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from mitrailleuse import keys
+from mitrailleuse.broker import resolve_redis_url
+from mitrailleuse.config import Environment, ProviderName, TaskConfig, load_config, parse_config
+from mitrailleuse.credentials import scrub_config
+from mitrailleuse.pipeline import submitter
+from mitrailleuse.pipeline.assembler import part_path, read_records
+from mitrailleuse.pipeline.run_state import RunState, redis_client
+from mitrailleuse.taskfolder import (
+    FINAL_STATES,
+    Status,
+    TaskFolder,
+    create_task_folder,
+    open_task,
+)
+
+log = logging.getLogger(__name__)
+
+#: A config given to ``create_task``: a file, a mapping, or a validated model.
+ConfigSource = str | Path | dict[str, Any] | TaskConfig | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a run got, read from Redis (live) or ``status.json`` (after it ended)."""
+
+    state: str
+    total: int
+    done: int
+    succeeded: int
+    failed: int
+    cached: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended (completed, failed or cancelled)."""
+        return self.state in FINAL_STATES
+
+
+ProgressCallback = Callable[["Run", Progress], None]
+ItemCallback = Callable[["Run", dict[str, Any]], None]
+CompleteCallback = Callable[["Run"], None]
+
+
+class Run:
+    """One submission of a task: follow it, wait for it, cancel it, read its results."""
+
+    def __init__(self, folder: TaskFolder, client: redis.Redis) -> None:
+        self.folder = folder
+        self._redis = client
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, as ``status.json`` records it."""
+        return self.folder.status().run_id
+
+    def status(self) -> Status:
+        """The task's ``status.json``."""
+        return self.folder.status()
+
+    def progress(self) -> Progress:
+        """Counts and state, live from Redis while the run goes on."""
+        status = self.folder.status()
+        run = RunState(self._redis, status.run_id) if status.run_id else None
+        if run is not None and run.exists() and status.state not in FINAL_STATES:
+            counts = run.counts()
+            return Progress(state=run.get("state") or status.state, **counts)
+        return Progress(state=status.state, **status.counts.model_dump())
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> Progress:
+        """Block until the run ends; raises TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progress = self.progress()
+            if progress.finished:
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run of {self.folder.path} not finished after {timeout}s")
+            time.sleep(poll_s)
+
+    def cancel(self) -> None:
+        """Stop dispatching: in-flight items finish, nothing new is sent."""
+        submitter.cancel(self.folder, self._redis)
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        """The records of ``outputs/results.jsonl``, streamed."""
+        if self.folder.results_path.exists():
+            yield from read_records(self.folder.results_path)
+
+    def listen(
+        self,
+        on_progress: ProgressCallback | None = None,
+        on_item: ItemCallback | None = None,
+        on_complete: CompleteCallback | None = None,
+    ) -> threading.Thread:
+        """Deliver callbacks from a daemon thread subscribed to the run's events."""
+        listener = _Listener(self, on_progress, on_item, on_complete)
+        thread = threading.Thread(target=listener.run, name="mitrailleuse-listener", daemon=True)
+        thread.start()
+        return thread
+
+
+class _Listener:
+    """Turns a run's Redis events into callbacks; a raising callback is logged and skipped."""
+
+    def __init__(
+        self,
+        run: Run,
+        on_progress: ProgressCallback | None,
+        on_item: ItemCallback | None,
+        on_complete: CompleteCallback | None,
+    ) -> None:
+        self.run_handle = run
+        self.on_progress, self.on_item, self.on_complete = on_progress, on_item, on_complete
+
+    def _safely(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(self.run_handle, *args)
+        except Exception:
+            log.exception("a run callback raised; the run goes on")
+
+    def run(self) -> None:
+        run_id = self.run_handle.run_id
+        if run_id is None:
+            return
+        pubsub = self.run_handle._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.events(run_id))
+        delivered: set[int] = set()
+        try:
+            while True:
+                message = pubsub.get_message(timeout=1.0)
+                event = message["data"].decode() if message else ""
+                progress = self.run_handle.progress()
+                if event == "progress" or (not message and not progress.finished):
+                    self._safely(self.on_progress, progress)
+                if event.startswith("part:") and self.on_item:
+                    self._deliver_part(int(event[5:]), delivered)
+                if progress.finished:
+                    self._deliver_rest(delivered)
+                    self._safely(self.on_progress, progress)
+                    self._safely(self.on_complete)
+                    return
+        finally:
+            pubsub.close()
+
+    def _deliver_part(self, part: int, delivered: set[int]) -> None:
+        if part in delivered:
+            return
+        delivered.add(part)
+        path = part_path(self.run_handle.folder, part)
+        if path.exists():
+            for record in read_records(path):
+                self._safely(self.on_item, record)
+
+    def _deliver_rest(self, delivered: set[int]) -> None:
+        if self.on_item is None or not self.run_handle.folder.parts_dir.exists():
+            return
+        for path in sorted(self.run_handle.folder.parts_dir.glob("part-*.jsonl")):
+            self._deliver_part(int(path.stem.split("-")[1]), delivered)
+
+
+class Mitrailleuse:
+    """Entry point of the Python API (see DESIGN.md, Python API)."""
+
+    def __init__(self, redis_url: str | None = None, tasks_dir: str | Path | None = None) -> None:
+        env = Environment()
+        self.tasks_dir = Path(tasks_dir or env.mitrailleuse_tasks_dir)
+        self._redis_url = redis_url or env.redis_url
+
+    @property
+    def redis_url(self) -> str:
+        """``REDIS_URL``, or the embedded server's (started on first use, not before)."""
+        if self._redis_url is None:
+            self._redis_url = resolve_redis_url(None)
+        return self._redis_url
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The shared Redis client."""
+        return redis_client(self.redis_url)
+
+    def create_task(
+        self,
+        user_id: str,
+        api: ProviderName,
+        task_name: str,
+        config: ConfigSource = None,
+        inputs: Sequence[str | Path | dict[str, Any]] = (),
+    ) -> TaskFolder:
+        """Create a task folder; the config is validated and scrubbed of literal keys first."""
+        if config is None:
+            model = TaskConfig()
+        elif isinstance(config, TaskConfig):
+            model = config.model_copy(deep=True)
+        elif isinstance(config, dict):
+            model = parse_config(config)
+        else:
+            model = load_config(Path(config))
+        scrub_config(model)
+        items = [i if isinstance(i, dict) else Path(i) for i in inputs]
+        return create_task_folder(self.tasks_dir, user_id, api, task_name, model, items)
+
+    def task(self, path: str | Path) -> TaskFolder:
+        """The task folder at ``path`` (inside the tasks dir)."""
+        return open_task(self.tasks_dir, path)
+
+    def submit(
+        self,
+        task: TaskFolder | str | Path,
+        on_progress: ProgressCallback | None = None,
+        on_item: ItemCallback | None = None,
+        on_complete: CompleteCallback | None = None,
+    ) -> Run:
+        """Send the task to the fleet and return at once."""
+        folder = task if isinstance(task, TaskFolder) else self.task(task)
+        self._app_ready()
+        submitter.submit(folder, self.redis)
+        run = Run(folder, self.redis)
+        if on_progress or on_item or on_complete:
+            run.listen(on_progress, on_item, on_complete)
+        return run
+
+    def get_run(self, task: TaskFolder | str | Path) -> Run:
+        """Re-attach to a task's run, from any process."""
+        folder = task if isinstance(task, TaskFolder) else self.task(task)
+        return Run(folder, self.redis)
+
+    def _app_ready(self) -> None:
+        """Point the Celery app at this instance's Redis before anything is sent."""
+        from mitrailleuse.pipeline.app import app
+
+        if app.conf.broker_url != self.redis_url:
+            app.conf.update(broker_url=self.redis_url, result_backend=self.redis_url)

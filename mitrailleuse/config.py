@@ -1,0 +1,265 @@
+"""Task configuration (``config/config.json``) and process environment, validated by pydantic.
+
+The CLI and the Python API load a config file with :func:`load_config` before anything is
+created or sent; the feeder and the workers read the saved copy back. The models accept the
+seed's template unchanged, add ``rate_limit``, ``retry`` and ``base_url`` per provider, and keep
+unknown keys (with a warning) so that a newer config still loads in an older version.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mitrailleuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: The provider names a task can be created for.
+ProviderName = Literal["openai", "deepseek", "deepl"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are kept, and reported once."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class BatchConfig(Section):
+    """The seed's ``batch`` block; ``is_batch_active`` selects OpenAI's native Batch API."""
+
+    is_batch_active: bool = False
+    batch_check_time: float = Field(default=120, ge=0)
+    batch_size: int = Field(default=20, ge=1, le=50_000)
+    combine_batches: bool = False
+    completion_window: str = "24h"
+
+
+class SystemInstruction(Section):
+    """A fixed system prompt, or (``is_dynamic``) the name of the item field that holds one."""
+
+    is_dynamic: bool = False
+    system_prompt: str = ""
+
+
+class ApiInformation(Section):
+    """Model name and request settings passed through to the provider as they are."""
+
+    model: str = "gpt-4o-mini"
+    setting: dict[str, Any] = Field(default_factory=dict)
+
+
+class RateLimit(Section):
+    """Fleet-wide limits: every worker draws from the same Redis buckets."""
+
+    requests_per_minute: int = Field(default=500, ge=1)
+    tokens_per_minute: int | None = Field(default=200_000, ge=1)
+    max_in_flight: int = Field(default=64, ge=1)
+
+
+class RetryPolicy(Section):
+    """Exponential backoff with full jitter, capped; ``Retry-After`` from the provider wins."""
+
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    initial_backoff_s: float = Field(default=1.0, ge=0)
+    max_backoff_s: float = Field(default=60.0, ge=0)
+
+
+class ChatProviderConfig(Section):
+    """An OpenAI-compatible provider (``openai``, ``deepseek``)."""
+
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    prompt: str = "input_text"
+    system_instruction: SystemInstruction = Field(default_factory=SystemInstruction)
+    api_key: str = ""
+    api_information: ApiInformation = Field(default_factory=ApiInformation)
+    bulk_save: int = Field(default=10, ge=1)
+    sleep_time: float = Field(default=0, ge=0)
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    base_url: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name the input field that holds the prompt")
+        return value
+
+
+class DeepLConfig(Section):
+    """DeepL: the item fields (or literal language codes) to translate from and to."""
+
+    api_key: str = ""
+    target_lang: str = "target_lang"
+    source_lang: str | None = None
+    text: str = "text"
+    formality: str | None = None
+    glossary_id: str | None = None
+    context: str | None = None
+    preserve_formatting: bool | None = None
+    tag_handling: str | None = None
+    batch: BatchConfig = Field(default_factory=lambda: BatchConfig(batch_size=50))
+    rate_limit: RateLimit = Field(
+        default_factory=lambda: RateLimit(requests_per_minute=300, tokens_per_minute=None)
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    base_url: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class Sampling(Section):
+    """Send only the first ``sample_size`` items of the run."""
+
+    enable_sampling: bool = False
+    sample_size: int = Field(default=100, ge=1)
+
+
+class Logs(Section):
+    """The run's log file under ``logs/``."""
+
+    log_file: str = "log.log"
+    log_to_file: bool = True
+    log_to_db: bool = False
+    log_buffer_size: int = Field(default=10, ge=1)
+
+    @field_validator("log_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or Path(value).name != value or value in {".", ".."}:
+            raise ValueError("must be a plain file name (it is written under logs/)")
+        return value
+
+
+class Proxies(Section):
+    """HTTP(S) proxies for provider calls."""
+
+    proxies_enabled: bool = False
+    http: str | None = None
+    https: str | None = None
+
+
+class Postgres(Section):
+    """Accepted for seed compatibility; Mitrailleuse keeps its state in Redis and files."""
+
+    host: str = "localhost"
+    port: int = 5432
+    username: str = "postgres"
+    password: str = ""
+    database: str = "mitrailleuse"
+
+
+class Db(Section):
+    """Accepted for seed compatibility."""
+
+    postgres: Postgres = Field(default_factory=Postgres)
+
+
+class SimilaritySettings(Section):
+    """Thresholds of the similarity check."""
+
+    similarity_threshold: float = Field(default=0.8, ge=0, le=1)
+    cooldown_period: float = Field(default=300, ge=0)
+    max_recent_responses: int = Field(default=100, ge=1)
+    close_after_use: bool = False
+
+
+class SimilarityCheck(Section):
+    """Flag answers that are near-copies of recent ones."""
+
+    enabled: bool = False
+    settings: SimilaritySettings = Field(default_factory=SimilaritySettings)
+
+
+class General(Section):
+    """Settings shared by every provider."""
+
+    verbose: bool = True
+    sampling: Sampling = Field(default_factory=Sampling)
+    logs: Logs = Field(default_factory=Logs)
+    multiprocessing_enabled: bool = True
+    num_processes: int = Field(default=10, ge=1)
+    process_cap_percentage: float = Field(default=75, gt=0, le=100)
+    proxies: Proxies = Field(default_factory=Proxies)
+    db: Db = Field(default_factory=Db)
+    similarity_check: SimilarityCheck = Field(default_factory=SimilarityCheck)
+    max_items_in_flight: int = Field(default=2000, ge=1)
+
+
+class TaskConfig(Section):
+    """The whole ``config.json`` of a task."""
+
+    task_name: str = "task"
+    user_id: str = "user"
+    openai: ChatProviderConfig = Field(default_factory=ChatProviderConfig)
+    deepseek: ChatProviderConfig = Field(
+        default_factory=lambda: ChatProviderConfig(
+            api_information=ApiInformation(model="deepseek-chat"),
+        )
+    )
+    deepl: DeepLConfig = Field(default_factory=DeepLConfig)
+    general: General = Field(default_factory=General)
+
+    def provider(self, name: ProviderName) -> ChatProviderConfig | DeepLConfig:
+        """The section of one provider."""
+        return getattr(self, name)
+
+
+class Environment(BaseSettings):
+    """The process environment Mitrailleuse reads (see DESIGN.md, Environment)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    redis_url: str | None = None
+    mitrailleuse_tasks_dir: Path = Path("tasks")
+
+
+def _error_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    value = first.get("input")
+    shown = repr(value) if isinstance(value, str | int | float | bool) or value is None else ""
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source}: {field}: {first['msg']}{': got ' + shown if shown else ''}{more}"
+
+
+def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    found = [f"{prefix}{key}" for key in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found += _unknown_keys(value, f"{prefix}{name}.")
+    return found
+
+
+def parse_config(data: Any, source: str = "config") -> TaskConfig:
+    """Validate a config mapping; a bad value raises ConfigError naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a JSON object, got {type(data).__name__}")
+    try:
+        config = TaskConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None
+    unknown = _unknown_keys(config)
+    if unknown:
+        log.warning("%s: unknown keys kept as they are: %s", source, ", ".join(unknown))
+    return config
+
+
+def load_config(path: Path) -> TaskConfig:
+    """Read and validate a config file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,86 @@
+"""API keys: where they come from, and how they are kept out of everything written down.
+
+``create`` calls :func:`scrub_config` so that a saved config never holds a literal key; the
+worker calls :func:`resolve_api_key` at call time, from its own environment. Nothing here ever
+formats a key into a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+
+from mitrailleuse.config import ProviderName, TaskConfig
+
+log = logging.getLogger(__name__)
+
+#: The environment variables each provider's key is read from, in order of preference.
+KEY_VARIABLES: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "deepl": ("DEEPL_AUTH_KEY", "DEEPL_API_KEY"),
+}
+
+_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_PLACEHOLDER = re.compile(r"^(|YOUR_[A-Z0-9_]*|<[^>]*>|\s+)$")
+
+
+def is_placeholder(value: str) -> bool:
+    """The seed's ``"YOUR_OPENAI_KEY"`` and ``""`` mean: take the key from the environment."""
+    return bool(_PLACEHOLDER.match(value))
+
+
+def is_reference(value: str) -> bool:
+    """A ``"${VAR}"`` reference to an environment variable."""
+    return bool(_REFERENCE.match(value))
+
+
+def is_literal_key(value: str) -> bool:
+    """A key written out in the config itself."""
+    return not is_placeholder(value) and not is_reference(value)
+
+
+def resolve_api_key(
+    provider: ProviderName, configured: str, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The key to call ``provider`` with, or None when none is set."""
+    environ = os.environ if environ is None else environ
+    reference = _REFERENCE.match(configured)
+    if reference:
+        return environ.get(reference.group(1)) or None
+    if is_literal_key(configured):
+        return configured
+    for variable in KEY_VARIABLES[provider]:
+        if environ.get(variable):
+            return environ[variable]
+    return None
+
+
+def scrub_config(config: TaskConfig) -> dict[str, str]:
+    """Replace literal keys by ``${VAR}`` references in place; return the literals by variable.
+
+    The caller may hand the literals to a worker it starts itself (through that process's
+    environment), and must never write them anywhere.
+    """
+    literals: dict[str, str] = {}
+    for provider, variables in KEY_VARIABLES.items():
+        section = config.provider(provider)  # type: ignore[arg-type]
+        if is_literal_key(section.api_key):
+            literals[variables[0]] = section.api_key
+            section.api_key = f"${{{variables[0]}}}"
+            log.warning(
+                "%s.api_key: a literal key was given; the saved config refers to ${%s} "
+                "instead: set that variable where the workers run",
+                provider,
+                variables[0],
+            )
+    return literals
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` masked, for error messages."""
+    if not secret:
+        return text
+    return text.replace(secret, "***")

@@ -1,0 +1,63 @@
+"""What the CLI shows while it waits for a run: a rich progress bar and a closing summary."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mitrailleuse.api import Progress as RunProgress
+from mitrailleuse.api import Run
+
+console = Console(stderr=True)
+
+
+def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
+    """Show the run's progress until it ends: done/total, rate, failures, ETA."""
+    bar = Progress(
+        TextColumn("[bold]{task.fields[state]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]:.1f} items/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    started = time.monotonic()
+    with bar:
+        current = run.progress()
+        task = bar.add_task("run", total=current.total, state=current.state, rate=0.0, failed=0)
+        while True:
+            current = run.progress()
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(
+                task,
+                completed=current.done,
+                total=current.total,
+                state=current.state,
+                rate=current.done / elapsed,
+                failed=current.failed,
+            )
+            if current.finished:
+                return current
+            time.sleep(poll_s)
+
+
+def summary_line(progress: RunProgress) -> str:
+    """One line on how the run ended."""
+    return (
+        f"{progress.state}: {progress.done}/{progress.total} done, "
+        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.cached} cached"
+    )

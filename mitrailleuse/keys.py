@@ -1,0 +1,57 @@
+"""Every Redis key Mitrailleuse uses, in one place (like arq's ``constants.py``).
+
+A run's keys share the ``mtr:run:<run_id>`` prefix so that one ``SCAN`` finds them all and one
+``EXPIRE`` sweep can retire a finished run.
+"""
+
+from __future__ import annotations
+
+#: Prefix of every key.
+PREFIX = "mtr"
+#: How long a finished run's state stays in Redis, for ``status`` and re-attaching.
+FINISHED_RUN_TTL_S = 7 * 24 * 3600
+
+
+def run(run_id: str) -> str:
+    """Hash: the run's settings, cursor, counts and state."""
+    return f"{PREFIX}:run:{run_id}"
+
+
+def run_config(run_id: str) -> str:
+    """String: the task's config as JSON (keys only as ``${VAR}`` references)."""
+    return f"{PREFIX}:run:{run_id}:config"
+
+
+def part_records(run_id: str, part: int) -> str:
+    """Hash: ordinal → record JSON, for the records of one chunk not yet written to disk."""
+    return f"{PREFIX}:run:{run_id}:part:{part}"
+
+
+def parts_dispatched(run_id: str) -> str:
+    """Bitmap: bit k set once chunk k has been sent to the workers."""
+    return f"{PREFIX}:run:{run_id}:dispatched"
+
+
+def parts_done(run_id: str) -> str:
+    """Bitmap: bit k set once chunk k's records are on disk."""
+    return f"{PREFIX}:run:{run_id}:done"
+
+
+def feed_lock(run_id: str) -> str:
+    """Lock: held by the one feeder of a run."""
+    return f"{PREFIX}:run:{run_id}:feed-lock"
+
+
+def finish_lock(run_id: str) -> str:
+    """Lock: taken once, by whoever assembles the finished run."""
+    return f"{PREFIX}:run:{run_id}:finish"
+
+
+def events(run_id: str) -> str:
+    """Pub/sub channel: progress and record events of a run."""
+    return f"{PREFIX}:run:{run_id}:events"
+
+
+def run_keys_pattern(run_id: str) -> str:
+    """Glob matching every key of a run."""
+    return f"{PREFIX}:run:{run_id}*"

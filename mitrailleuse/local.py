@@ -1,0 +1,68 @@
+"""One-machine runs: the embedded broker and a child worker when none is there, then wait.
+
+``mitrailleuse run`` and ``mitrailleuse demo`` call :func:`run_locally`; everything it starts
+it stops again, whether the run succeeds, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mitrailleuse.api import Mitrailleuse, Progress
+from mitrailleuse.broker import EmbeddedRedis, default_home
+from mitrailleuse.config import Environment, ProviderName, TaskConfig
+from mitrailleuse.credentials import scrub_config
+from mitrailleuse.display import follow
+from mitrailleuse.pipeline.fleet import queues_served, start_worker, stop_worker
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+from mitrailleuse.taskfolder import TaskFolder
+
+
+@contextmanager
+def local_broker() -> Iterator[None]:
+    """Start the embedded Redis when ``REDIS_URL`` is unset and none runs; stop it after."""
+    started = None
+    if not Environment().redis_url:
+        embedded = EmbeddedRedis(default_home())
+        if not embedded.is_running():
+            started = embedded
+        embedded.ensure_running()
+    try:
+        yield
+    finally:
+        if started is not None:
+            started.stop()
+
+
+@contextmanager
+def local_worker(provider: str, concurrency: int | None, env: Mapping[str, str]) -> Iterator[None]:
+    """Start a child worker for ``provider`` and the control queue unless one serves them."""
+    child = None
+    if {provider, CONTROL_QUEUE} - queues_served():
+        child = start_worker([provider, CONTROL_QUEUE], concurrency, env=env)
+    try:
+        yield
+    finally:
+        if child is not None:
+            stop_worker(child)
+
+
+def run_locally(
+    api: ProviderName,
+    inputs: Sequence[Path | dict[str, Any]],
+    config: TaskConfig | None = None,
+    user_id: str = "local",
+    task_name: str = "run",
+    concurrency: int | None = None,
+) -> tuple[TaskFolder, Progress]:
+    """Create a task, run it to the end on this machine, and return it with its progress."""
+    config = config.model_copy(deep=True) if config else TaskConfig()
+    literal_keys = scrub_config(config)
+    with local_broker():
+        client = Mitrailleuse()
+        folder = client.create_task(user_id, api, task_name, config, inputs)
+        with local_worker(api, concurrency, literal_keys):
+            return folder, follow(client.submit(folder))

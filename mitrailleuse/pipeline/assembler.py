@@ -1,0 +1,177 @@
+"""Writes records to the task folder: one durable part file per chunk, then the run's outputs.
+
+The chord callback of each chunk calls :func:`write_part`; whoever sees the last chunk land (the
+callback, the feeder or ``cancel``) calls :func:`finish_if_complete`, which assembles
+``outputs/results.jsonl`` (input order, one record per item), ``errors.jsonl``, ``summary.json``
+and the final ``status.json``. Every write is atomic and every step may run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mitrailleuse import keys
+from mitrailleuse.pipeline.run_state import RunState, record_counts
+from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
+
+
+def part_path(folder: TaskFolder, part: int) -> Path:
+    """Where chunk ``part``'s records are kept."""
+    return folder.parts_dir / f"part-{part:07d}.jsonl"
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, streamed."""
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def carry_over(folder: TaskFolder, part: int, run: RunState) -> set[str]:
+    """Ids of chunk ``part`` already recorded on disk by an earlier run, counted into this one."""
+    path = part_path(folder, part)
+    if not path.exists():
+        return set()
+    records = list(read_records(path))
+    run.add_counts(record_counts(records))
+    return {record["id"] for record in records}
+
+
+def write_part(run: RunState, part: int) -> None:
+    """Move chunk ``part``'s records from Redis to its part file, merged with earlier ones."""
+    folder = TaskFolder(Path(run.get("task_path") or ""))
+    path = part_path(folder, part)
+    merged = {record["id"]: record for record in run.part_records(part)}
+    if path.exists():
+        merged.update((record["id"], record) for record in read_records(path))
+    ordered = sorted(merged.values(), key=lambda r: (r["input_file"], r["index"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, b"".join(orjson.dumps(record) + b"\n" for record in ordered))
+    run.mark_done(part)
+    run.drop_part_records(part)
+    run.redis.publish(keys.events(run.run_id), f"part:{part}")
+    folder.update_status(counts=Counts(**run.counts()))
+
+
+def finish_if_complete(run: RunState) -> bool:
+    """Assemble the run if every chunk is on disk (or it was cancelled and nothing is in flight)."""
+    info = run.info()
+    complete = info.get("exhausted") == "1" and run.parts_done() >= int(info["parts_total"])
+    stopped = info.get("cancelled") == "1" and run.parts_in_flight() <= 0
+    if not (complete or stopped):
+        return False
+    if not run.redis.set(keys.finish_lock(run.run_id), 1, nx=True):
+        return False
+    assemble(run, TaskFolder(Path(info["task_path"])), "completed" if complete else "cancelled")
+    return True
+
+
+def assemble(run: RunState, folder: TaskFolder, state: str) -> None:
+    """Concatenate the part files into the run's outputs, in input order."""
+    folder.outputs_dir.mkdir(exist_ok=True)
+    parts = sorted(folder.parts_dir.glob("part-*.jsonl")) if folder.parts_dir.exists() else []
+    tally = _Tally()
+    with ExitStack() as stack:
+        results = stack.enter_context(_AtomicWriter(folder.results_path))
+        errors = stack.enter_context(_AtomicWriter(folder.errors_path))
+        for path in parts:
+            with path.open("rb") as handle:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    record = orjson.loads(line)
+                    tally.add(record)
+                    results.write(line)
+                    if record["status"] != "succeeded":
+                        errors.write(line)
+    status = folder.status()
+    finished = now()
+    counts = Counts(total=status.counts.total, **tally.counts)
+    started = status.started_at or status.created_at
+    duration_s = max((finished - started).total_seconds(), 1e-9)
+    write_json(
+        folder.summary_path,
+        {
+            "run_id": run.run_id,
+            "state": state,
+            "provider": status.provider,
+            "mode": status.mode,
+            "counts": counts.model_dump(),
+            "missing": max(counts.total - counts.done, 0),
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "duration_s": round(duration_s, 3),
+            "items_per_s": round(counts.done / duration_s, 2),
+            **tally.totals(),
+        },
+    )
+    folder.write_status(
+        status.model_copy(update={"state": state, "counts": counts, "finished_at": finished})
+    )
+    run.set(state=state)
+    run.redis.publish(keys.events(run.run_id), b"finished")
+    run.retire()
+
+
+class _Tally:
+    """Counts, tokens, cost and latency of the records streamed through the assembler."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(("done", "succeeded", "failed", "cached"), 0)
+        self.tokens = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
+        self.cost_usd = 0.0
+        self.attempts = 0
+        self.latencies: list[int] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.counts["done"] += 1
+        self.counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
+        self.counts["cached"] += bool(record.get("cached"))
+        for name in self.tokens:
+            self.tokens[name] += (record.get("usage") or {}).get(name, 0)
+        self.cost_usd += record.get("cost_usd") or 0.0
+        self.attempts += record.get("attempts") or 0
+        if record.get("latency_ms") is not None:
+            self.latencies.append(record["latency_ms"])
+
+    def totals(self) -> dict[str, Any]:
+        latency: dict[str, float] = {}
+        if len(self.latencies) >= 2:
+            cuts = statistics.quantiles(self.latencies, n=100)
+            latency = {"p50": cuts[49], "p95": cuts[94], "max": max(self.latencies)}
+        return {
+            "tokens": self.tokens,
+            "cost_usd": round(self.cost_usd, 8),
+            "attempts": self.attempts,
+            "latency_ms": latency,
+        }
+
+
+class _AtomicWriter:
+    """A file written under a temporary name and renamed into place on success."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Any:
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        self.handle = os.fdopen(fd, "wb", buffering=1 << 20)
+        return self.handle
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            Path(self.tmp).unlink(missing_ok=True)

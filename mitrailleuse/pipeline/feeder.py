@@ -1,0 +1,158 @@
+"""The feeder: streams a run's inputs and dispatches them chunk by chunk, within a window.
+
+The ``mitrailleuse.feed`` control task calls :func:`feed_slice`. A slice holds the run's feed
+lock, reads items from the saved cursor, cuts them into chunks of ``batch_size`` and hands each
+chunk to ``send_chunk`` (which makes it a chord), while fewer than ``window_parts`` chunks are in
+flight. After ``slice_s`` it returns, and the task schedules the next slice: no worker slot is
+held for the length of a run, and no process holds more than one chunk of the inputs.
+
+Chunk ``k`` always holds the run's items ``k * batch_size`` to ``(k + 1) * batch_size - 1``, so
+a resumed run finds its chunks' earlier records in ``outputs/parts/`` and sends only the items
+that have none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+
+from mitrailleuse import keys
+from mitrailleuse.config import TaskConfig
+from mitrailleuse.inputs import Item, iter_items
+from mitrailleuse.pipeline import assembler
+from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.providers import InvalidItem, Provider, provider_class
+from mitrailleuse.records import ItemRef, invalid_input
+from mitrailleuse.taskfolder import TaskFolder
+
+log = logging.getLogger(__name__)
+
+#: How long one feed task runs before it hands over to the next one.
+SLICE_S = 10.0
+#: How often a feeder with a full window looks again.
+POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The items of one chunk that must be sent, grouped into provider calls."""
+
+    part: int
+    calls: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """How many items go to the provider."""
+        return sum(len(call) for call in self.calls)
+
+
+#: Sends a chunk to the workers (a chord, or the callback alone when no item needs a call).
+SendChunk = Callable[[RunState, Chunk], None]
+
+
+def group_calls(
+    provider: type[Provider], messages: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """Pack item messages into calls of at most ``max_items_per_call`` items and bytes."""
+    calls: list[list[dict[str, Any]]] = []
+    size = 0
+    for message in messages:
+        added = provider.payload_size(message["request"])
+        last = calls[-1] if calls else None
+        fits = (
+            last is not None
+            and len(last) < provider.max_items_per_call
+            and (provider.max_bytes_per_call is None or size + added <= provider.max_bytes_per_call)
+        )
+        if fits:
+            last.append(message)  # type: ignore[union-attr]
+            size += added
+        else:
+            calls.append([message])
+            size = added
+    return calls
+
+
+def build_chunk(
+    run: RunState,
+    part: int,
+    items: Iterable[Item],
+    config: TaskConfig,
+    already_recorded: set[str],
+) -> Chunk:
+    """Turn a chunk's items into call groups; invalid items get their failed record at once."""
+    name = run.provider
+    provider, section = provider_class(name), config.provider(name)
+    messages: list[dict[str, Any]] = []
+    invalid: list[tuple[int, dict[str, Any]]] = []
+    for item in items:
+        if item.id in already_recorded:
+            continue
+        ref = ItemRef(item.id, item.input_file, item.index, item.ordinal)
+        if item.data is None:
+            invalid.append((item.ordinal, invalid_input(ref, name, item.error or "invalid")))
+            continue
+        try:
+            messages.append(ref.as_message(provider.build_request(item.data, section)))
+        except InvalidItem as error:
+            invalid.append((item.ordinal, invalid_input(ref, name, str(error))))
+    if invalid:
+        run.store_records(part, invalid)
+    return Chunk(part, group_calls(provider, messages))
+
+
+def feed_slice(run: RunState, send_chunk: SendChunk, slice_s: float = SLICE_S) -> bool:
+    """Dispatch chunks for up to ``slice_s``; True when another slice must follow."""
+    lock = run.redis.lock(keys.feed_lock(run.run_id), timeout=max(60.0, 4 * slice_s))
+    if not lock.acquire(blocking=False):
+        return False
+    try:
+        return _feed(run, send_chunk, lock, time.monotonic() + slice_s)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("run %s: the feed lock expired while feeding", run.run_id)
+
+
+def _feed(run: RunState, send_chunk: SendChunk, lock: Any, deadline: float) -> bool:
+    info = run.info()
+    if info.get("exhausted") == "1" or run.cancelled:
+        return False
+    folder = TaskFolder(Path(info["task_path"]))
+    config = folder.config()
+    batch_size, window_parts = int(info["batch_size"]), int(info["window_parts"])
+    limit = int(info["limit"]) if info.get("limit") else None
+    if info.get("state") == "queued":
+        run.set(state="running")
+        folder.update_status(state="running")
+    stream = iter_items(folder.input_files(), run.cursor(), limit)
+    part = run.next_part()
+    while True:
+        if run.cancelled:
+            return False
+        if run.parts_in_flight() >= window_parts:
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(POLL_S)
+            lock.reacquire()
+            continue
+        taken = list(islice(stream, batch_size))
+        if not taken:
+            run.set(exhausted=1, parts_total=part)
+            assembler.finish_if_complete(run)
+            return False
+        items = [item for item, _ in taken]
+        recorded = assembler.carry_over(folder, part, run)
+        chunk = build_chunk(run, part, items, config, recorded)
+        run.mark_dispatched(part)
+        send_chunk(run, chunk)
+        run.advance(taken[-1][1], part + 1)
+        part += 1

@@ -1,0 +1,201 @@
+"""A run's shared state in Redis: settings, feeding cursor, counts, chunk bitmaps, records.
+
+Every process of the fleet reads and writes a run through :class:`RunState`: the submitter
+creates it, the feeder advances its cursor, workers store records (at most once per item) and
+bump the counts, the assembler drains the records of finished chunks to disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+import orjson
+import redis
+
+from mitrailleuse import keys
+from mitrailleuse.inputs import Cursor
+
+#: Count fields of the run hash, as in ``status.json``.
+COUNT_FIELDS = ("done", "succeeded", "failed", "cached")
+
+
+def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The count fields of some records."""
+    counts = dict.fromkeys(COUNT_FIELDS, 0)
+    for record in records:
+        counts["done"] += 1
+        counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
+        counts["cached"] += bool(record.get("cached"))
+    return counts
+
+
+@cache
+def redis_client(url: str) -> redis.Redis:
+    """One thread-safe client (and connection pool) per URL and process."""
+    return redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+
+
+class RunState:
+    """The Redis side of one run."""
+
+    def __init__(self, client: redis.Redis, run_id: str) -> None:
+        self.redis = client
+        self.run_id = run_id
+        self.key = keys.run(run_id)
+
+    def create(self, fields: dict[str, Any], config_json: bytes) -> None:
+        """Record a new run's settings and its config (keys only as references)."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key, mapping={**fields, "state": "queued", "created_at": time.time()})
+        pipe.set(keys.run_config(self.run_id), config_json)
+        pipe.execute()
+
+    def exists(self) -> bool:
+        """Whether Redis still knows this run."""
+        return bool(self.redis.exists(self.key))
+
+    def info(self) -> dict[str, str]:
+        """Every field of the run hash, decoded."""
+        raw = self.redis.hgetall(self.key)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def get(self, field: str) -> str | None:
+        """One field of the run hash."""
+        value = self.redis.hget(self.key, field)
+        return value.decode() if value is not None else None
+
+    def set(self, **fields: Any) -> None:
+        """Set fields of the run hash."""
+        self.redis.hset(self.key, mapping=fields)
+
+    @property
+    def provider(self) -> Any:
+        """The provider the run was submitted for."""
+        return self.get("provider")
+
+    def config_json(self) -> bytes:
+        """The run's config, as saved at submission."""
+        value = self.redis.get(keys.run_config(self.run_id))
+        if value is None:
+            raise LookupError(f"run {self.run_id} has no config in Redis")
+        return value
+
+    def counts(self) -> dict[str, int]:
+        """``total`` and the count fields, as integers."""
+        values = self.redis.hmget(self.key, ["total", *COUNT_FIELDS])
+        return {
+            name: int(value or 0)
+            for name, value in zip(["total", *COUNT_FIELDS], values, strict=True)
+        }
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether dispatching has been stopped."""
+        return self.redis.hget(self.key, "cancelled") == b"1"
+
+    def cancel(self) -> None:
+        """Stop dispatching: queued items are skipped, in-flight ones finish."""
+        self.redis.hset(self.key, mapping={"cancelled": 1})
+
+    @property
+    def halted_reason(self) -> str | None:
+        """Why the remaining items fail without a call (a spent quota), or None."""
+        value = self.redis.hget(self.key, "halted")
+        return value.decode() if value else None
+
+    def halt(self, reason: str) -> None:
+        """Fail every remaining item of the run at once, with ``reason``."""
+        self.redis.hsetnx(self.key, "halted", reason)
+
+    def cursor(self) -> Cursor:
+        """Where the feeder resumes reading the inputs."""
+        raw = self.redis.hget(self.key, "cursor")
+        return Cursor(**orjson.loads(raw)) if raw else Cursor()
+
+    def advance(self, cursor: Cursor, next_part: int) -> None:
+        """Save the feeder's position after a chunk was dispatched."""
+        self.redis.hset(
+            self.key,
+            mapping={
+                "cursor": orjson.dumps(
+                    {
+                        "file_index": cursor.file_index,
+                        "offset": cursor.offset,
+                        "number": cursor.number,
+                        "ordinal": cursor.ordinal,
+                    }
+                ),
+                "next_part": next_part,
+            },
+        )
+
+    def next_part(self) -> int:
+        """The number of the next chunk to dispatch."""
+        return int(self.get("next_part") or 0)
+
+    def mark_dispatched(self, part: int) -> None:
+        """Chunk ``part`` has been sent."""
+        self.redis.setbit(keys.parts_dispatched(self.run_id), part, 1)
+
+    def mark_done(self, part: int) -> bool:
+        """Chunk ``part`` is on disk; False if it already was (a redelivered callback)."""
+        return self.redis.setbit(keys.parts_done(self.run_id), part, 1) == 0
+
+    def parts_in_flight(self) -> int:
+        """Chunks sent whose records are not on disk yet."""
+        pipe = self.redis.pipeline()
+        pipe.bitcount(keys.parts_dispatched(self.run_id))
+        pipe.bitcount(keys.parts_done(self.run_id))
+        dispatched, done = pipe.execute()
+        return dispatched - done
+
+    def parts_done(self) -> int:
+        """How many chunks are on disk."""
+        return self.redis.bitcount(keys.parts_done(self.run_id))
+
+    def recorded(self, part: int, ordinals: list[int]) -> set[int]:
+        """The items that already have a record (so a redelivered message must not call)."""
+        values = self.redis.hmget(keys.part_records(self.run_id, part), ordinals)
+        return {o for o, v in zip(ordinals, values, strict=True) if v is not None}
+
+    def store_records(self, part: int, records: Iterable[tuple[int, dict[str, Any]]]) -> int:
+        """Store each item's record once; count only those stored first. Returns how many."""
+        key = keys.part_records(self.run_id, part)
+        records = list(records)
+        pipe = self.redis.pipeline()
+        for ordinal, record in records:
+            pipe.hsetnx(key, ordinal, orjson.dumps(record))
+        stored = pipe.execute()
+        new = [record for (_, record), is_new in zip(records, stored, strict=True) if is_new]
+        self.add_counts(record_counts(new))
+        return len(new)
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """Add to the run's counts, and tell listeners."""
+        if not counts.get("done"):
+            return
+        pipe = self.redis.pipeline()
+        for name, value in counts.items():
+            if value:
+                pipe.hincrby(self.key, name, value)
+        pipe.publish(keys.events(self.run_id), b"progress")
+        pipe.execute()
+
+    def part_records(self, part: int) -> list[dict[str, Any]]:
+        """The records of a chunk held in Redis, in input order."""
+        raw = self.redis.hgetall(keys.part_records(self.run_id, part))
+        return [orjson.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    def drop_part_records(self, part: int) -> None:
+        """Forget a chunk's records once they are on disk."""
+        self.redis.delete(keys.part_records(self.run_id, part))
+
+    def retire(self) -> None:
+        """Let a finished run's keys expire."""
+        pipe = self.redis.pipeline()
+        for key in self.redis.scan_iter(match=keys.run_keys_pattern(self.run_id), count=1000):
+            pipe.expire(key, keys.FINISHED_RUN_TTL_S)
+        pipe.execute()

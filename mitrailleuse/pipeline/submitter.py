@@ -1,0 +1,95 @@
+"""Starts, resumes and cancels runs: the submitting side of the pipeline.
+
+The Python API and the CLI call :func:`submit` and :func:`cancel`; both only write Redis and
+``status.json`` and send one ``feed`` message: the fleet does the rest.
+
+A task that already ran is resumed by a new run over the same folder: the feeder skips the
+items whose records are on disk. A run still going in Redis is not doubled: ``submit`` kicks its
+feeder again instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import orjson
+import redis
+
+from mitrailleuse.inputs import count_items
+from mitrailleuse.pipeline import assembler
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, now
+
+#: How long ``submit`` waits for a cancelled run's in-flight items before resuming.
+DRAIN_TIMEOUT_S = 120.0
+
+
+def current_run(folder: TaskFolder, client: redis.Redis) -> RunState | None:
+    """The task's latest run, if Redis still knows it."""
+    run_id = folder.status().run_id
+    if not run_id:
+        return None
+    run = RunState(client, run_id)
+    return run if run.exists() else None
+
+
+def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
+    """Send the task to the fleet; resume it if an earlier run left items without a record."""
+    from mitrailleuse.pipeline.tasks import feed
+
+    previous = current_run(folder, client)
+    if previous is not None and previous.get("state") not in FINAL_STATES:
+        if not previous.cancelled:
+            feed.apply_async((previous.run_id,), queue=CONTROL_QUEUE)
+            return previous
+        _drain(previous)
+    config = folder.config()
+    provider = folder.provider
+    section = config.provider(provider)
+    sampling = config.general.sampling
+    limit = sampling.sample_size if sampling.enable_sampling else None
+    total = count_items(folder.input_files(), limit)
+    batch_size = section.batch.batch_size
+    run = RunState(client, uuid.uuid4().hex)
+    run.create(
+        {
+            "task_path": str(folder.path.resolve()),
+            "provider": provider,
+            "total": total,
+            "batch_size": batch_size,
+            "window_parts": max(1, math.ceil(config.general.max_items_in_flight / batch_size)),
+            "limit": limit or "",
+        },
+        orjson.dumps(config.model_dump(mode="json")),
+    )
+    folder.update_status(
+        state="queued",
+        run_id=run.run_id,
+        counts=Counts(total=total),
+        started_at=now(),
+        finished_at=None,
+        message=None,
+    )
+    feed.apply_async((run.run_id,), queue=CONTROL_QUEUE)
+    return run
+
+
+def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
+    """Stop dispatching the task's run: no new provider call starts; in-flight ones finish."""
+    run = current_run(folder, client)
+    if run is None or run.get("state") in FINAL_STATES:
+        return run
+    run.cancel()
+    folder.update_status(state="cancelled", counts=Counts(**run.counts()))
+    assembler.finish_if_complete(run)
+    return run
+
+
+def _drain(run: RunState) -> None:
+    """Wait until a cancelled run has no chunk in flight, so its items are not sent twice."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while run.parts_in_flight() > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)

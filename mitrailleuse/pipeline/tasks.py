@@ -1,0 +1,71 @@
+"""The Celery tasks: each a few lines over the feeder, the caller or the assembler.
+
+``call`` runs on a provider queue and talks only to Redis and the provider; ``feed``,
+``assemble_part`` and ``finish`` run on the control queue and read and write the tasks dir.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, chord
+
+from mitrailleuse.pipeline import assembler, feeder
+from mitrailleuse.pipeline.app import app
+from mitrailleuse.pipeline.caller import call_group
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+from mitrailleuse.pipeline.run_state import RunState, redis_client
+
+
+def run_state(run_id: str) -> RunState:
+    """The run, on the fleet's Redis."""
+    return RunState(redis_client(app.conf.broker_url), run_id)
+
+
+@app.task(name="mitrailleuse.call", bind=True, max_retries=None)
+def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int:
+    """Call the provider for a group of items; retry later when the outcome asks for it."""
+    outcome = call_group(run_state(run_id), part, items, attempt=self.request.retries + 1)
+    if outcome.retry_in_s is not None:
+        raise self.retry(countdown=outcome.retry_in_s)
+    return outcome.stored
+
+
+@app.task(name="mitrailleuse.feed", ignore_result=True)
+def feed(run_id: str) -> None:
+    """Dispatch a slice of the run's chunks, then hand over to the next slice."""
+    if feeder.feed_slice(run_state(run_id), send_chunk):
+        feed.apply_async((run_id,), queue=CONTROL_QUEUE)
+
+
+@app.task(name="mitrailleuse.assemble_part", ignore_result=True)
+def assemble_part(run_id: str, part: int) -> None:
+    """Chord callback: write the chunk's records to disk; assemble the run after the last."""
+    run = run_state(run_id)
+    assembler.write_part(run, part)
+    assembler.finish_if_complete(run)
+
+
+def send_chunk(run: RunState, chunk: feeder.Chunk) -> None:
+    """A chord of one ``call`` per call group, whose callback writes the chunk."""
+    callback = assemble_part.si(run.run_id, chunk.part).set(queue=CONTROL_QUEUE)
+    if not chunk.calls:
+        callback.apply_async()
+        return
+    provider = run.provider
+    header = [
+        call.si(run.run_id, chunk.part, items).set(
+            queue=provider,
+            argsrepr=describe(run.run_id, provider, items),
+            kwargsrepr="{}",
+        )
+        for items in chunk.calls
+    ]
+    chord(header)(callback)
+
+
+def describe(run_id: str, provider: str, items: list[dict[str, Any]]) -> str:
+    """What monitoring shows of a call: run, provider and item ids, never the request."""
+    ids = ", ".join(item["id"] for item in items[:3])
+    more = f" +{len(items) - 3}" if len(items) > 3 else ""
+    return f"run={run_id} provider={provider} items=[{ids}{more}]"

@@ -1,0 +1,120 @@
+"""The provider contract: what every provider module implements, and nothing more.
+
+The feeder calls :meth:`Provider.build_request` (no network, no key) to turn an input item into
+the payload a Celery message carries; a worker builds the provider with its key and calls
+:meth:`Provider.send` on a group of payloads. Retries, rate limits, records and cost live in
+shared code (:mod:`mitrailleuse.pipeline`); a provider only says how to talk to its API and
+how to sort its errors.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from mitrailleuse.errors import MitrailleuseError
+
+
+class ErrorKind(enum.StrEnum):
+    """What the pipeline does with a failed call."""
+
+    RETRY = "retry"  #: try again after a backoff
+    RATE_LIMITED = "rate_limited"  #: try again after the provider's Retry-After, fleet-wide
+    FATAL = "fatal"  #: never retry: the request itself is refused
+    QUOTA = "quota"  #: the account is out of quota: stop sending to this provider
+
+
+class InvalidItem(MitrailleuseError):
+    """An input item a request cannot be built from (e.g. its prompt field is missing)."""
+
+
+class ProviderError(MitrailleuseError):
+    """A call failed; ``kind`` says whether and how to retry, ``type`` names the cause."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        type: str,
+        message: str,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.type = type
+        self.message = message
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+    def as_record_error(self) -> dict[str, Any]:
+        """The ``error`` object of a failed result record."""
+        return {"type": self.type, "message": self.message, "status_code": self.status_code}
+
+
+class QuotaExceeded(ProviderError):
+    """The account's quota is spent: the run's remaining items of this provider fail at once."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(ErrorKind.QUOTA, "quota_exceeded", message, status_code)
+
+
+@dataclass(slots=True)
+class Answer:
+    """One item's answer, read out of a provider response."""
+
+    output: str
+    response: dict[str, Any]
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CallResult:
+    """What one call returned: an answer per payload, and the rate-limit headers seen."""
+
+    answers: list[Answer]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """A provider's API: build a payload from an item, send payloads, sort errors.
+
+    Subclasses declare their capabilities as class attributes, like kombu's ``implements``.
+    """
+
+    #: The short name used in configs, task folders and queue names.
+    name: ClassVar[str]
+    #: How many items one call may carry (DeepL takes 50 texts per request).
+    max_items_per_call: ClassVar[int] = 1
+    #: The largest request body, in bytes, a grouped call may have.
+    max_bytes_per_call: ClassVar[int | None] = None
+    #: Whether the provider has a native (discounted, asynchronous) batch API.
+    supports_native_batch: ClassVar[bool] = False
+
+    def __init__(self, config: Any, api_key: str | None) -> None:
+        self.config = config
+        self.api_key = api_key
+
+    @property
+    def model(self) -> str:
+        """The model name written into every record."""
+        return self.config.api_information.model
+
+    @classmethod
+    @abstractmethod
+    def build_request(cls, item: Mapping[str, Any], config: Any) -> dict[str, Any]:
+        """The payload for one item; raises InvalidItem when the item lacks what it needs."""
+
+    @classmethod
+    def payload_size(cls, payload: Mapping[str, Any]) -> int:
+        """The bytes a payload adds to a grouped request (used to keep groups under the cap)."""
+        return 0
+
+    @abstractmethod
+    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """Call the provider once for ``payloads``; raises ProviderError on failure."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections."""

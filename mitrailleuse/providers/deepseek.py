@@ -1,0 +1,46 @@
+"""DeepSeek chat completions: OpenAI's wire format at another endpoint, with its own key.
+
+Features:
+    - online (``/chat/completions``): yes, one item per call
+    - native batch: no (``is_batch_active`` runs the live path, and says so once)
+
+Endpoint: ``base_url`` from the config, else ``DEEPSEEK_BASE_URL``, else
+``https://api.deepseek.com``. Key: ``DEEPSEEK_API_KEY``. Options: as for OpenAI; the model
+defaults to ``deepseek-chat`` (never an OpenAI model name).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from mitrailleuse.providers.openai import OpenAIProvider
+
+log = logging.getLogger(__name__)
+
+#: Model names that belong to OpenAI: the seed's template sends ``gpt-4o`` to DeepSeek.
+_OPENAI_MODEL = re.compile(r"^(gpt-|chatgpt-|o\d)")
+#: The model used when the configured one is an OpenAI model.
+DEFAULT_MODEL = "deepseek-chat"
+
+
+class DeepSeekProvider(OpenAIProvider):
+    """DeepSeek, a configured OpenAI-compatible variant."""
+
+    name = "deepseek"
+    supports_native_batch = False
+    base_url_variable = "DEEPSEEK_BASE_URL"
+    default_base_url = "https://api.deepseek.com"
+
+    @property
+    def model(self) -> str:
+        """The configured model, unless it is an OpenAI model DeepSeek does not serve."""
+        configured = self.config.api_information.model
+        if _OPENAI_MODEL.match(configured):
+            log.warning(
+                "deepseek.api_information.model %r is an OpenAI model; using %r",
+                configured,
+                DEFAULT_MODEL,
+            )
+            return DEFAULT_MODEL
+        return configured

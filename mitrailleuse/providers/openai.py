@@ -1,0 +1,194 @@
+"""OpenAI chat completions, through the official ``openai`` SDK.
+
+Features:
+    - online (``/v1/chat/completions``): yes, one item per call
+    - native batch (``/v1/batches``, half price): yes
+
+Endpoint: ``base_url`` from the config, else ``OPENAI_BASE_URL``, else the SDK's default.
+Key: ``OPENAI_API_KEY`` (or a ``${VAR}`` reference in ``api_key``).
+Options read: ``prompt``, ``system_instruction``, ``api_information.model`` and every key of
+``api_information.setting`` (sent as they are), ``timeout_s``.
+
+The SDK's own retries are off (``max_retries=0``): the pipeline owns retries and rate limits.
+Responses are read raw (headers kept for the rate limiter) and parsed with orjson.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import openai
+import orjson
+
+from mitrailleuse.credentials import KEY_VARIABLES, redact
+from mitrailleuse.inputs import get_field
+from mitrailleuse.providers.base import (
+    Answer,
+    CallResult,
+    ErrorKind,
+    InvalidItem,
+    Provider,
+    ProviderError,
+)
+
+#: Status codes that will not get better by asking again.
+PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413, 422})
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The wait a response asks for: ``retry-after-ms``, else ``retry-after`` (seconds or date)."""
+    if value := headers.get("retry-after-ms"):
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value)
+            return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+    return None
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidItem(f"{what} must be text, got {type(value).__name__}")
+
+
+def _field(item: Mapping[str, Any], path: str, what: str) -> str:
+    try:
+        return _text(get_field(item, path), what)
+    except KeyError:
+        raise InvalidItem(f"missing {what} field {path!r}") from None
+
+
+class OpenAIProvider(Provider):
+    """OpenAI's chat completions API."""
+
+    name = "openai"
+    supports_native_batch = True
+    #: Environment variable for the endpoint, and the endpoint when it is unset.
+    base_url_variable: ClassVar[str] = "OPENAI_BASE_URL"
+    default_base_url: ClassVar[str | None] = None
+
+    def __init__(self, config: Any, api_key: str | None) -> None:
+        super().__init__(config, api_key)
+        self.client = openai.OpenAI(
+            api_key=api_key or "missing",
+            base_url=self.base_url(config),
+            max_retries=0,
+            timeout=config.timeout_s,
+        )
+
+    @classmethod
+    def base_url(cls, config: Any) -> str | None:
+        """The endpoint: config, then environment, then the provider's default."""
+        return config.base_url or os.environ.get(cls.base_url_variable) or cls.default_base_url
+
+    @classmethod
+    def build_request(cls, item: Mapping[str, Any], config: Any) -> dict[str, Any]:
+        """``{"messages": [...]}`` from the item's prompt and the system instruction."""
+        messages = item.get("messages")
+        if messages is not None:
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise InvalidItem("'messages' must be a list of message objects")
+            return {"messages": messages}
+        user = _field(item, config.prompt, "prompt")
+        instruction = config.system_instruction
+        if instruction.is_dynamic:
+            system = _field(item, instruction.system_prompt, "system prompt")
+        else:
+            system = instruction.system_prompt
+        head = [{"role": "system", "content": system}] if system else []
+        return {"messages": [*head, {"role": "user", "content": user}]}
+
+    def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The full JSON body for a payload, as the live call and a batch line send it."""
+        return {
+            "model": self.model,
+            **self.config.api_information.setting,
+            "messages": payload["messages"],
+        }
+
+    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """One chat completion per call: ``payloads`` holds exactly one payload."""
+        if not self.api_key:
+            raise ProviderError(
+                ErrorKind.FATAL,
+                "missing_api_key",
+                f"no API key for {self.name}: set {self.key_hint()} where the workers run",
+            )
+        (payload,) = payloads
+        body = self.request_body(payload)
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=body.pop("model"),
+                messages=body.pop("messages"),
+                extra_body=body,
+                timeout=timeout_s,
+            )
+        except openai.APIError as error:
+            raise self.classify(error) from None
+        return CallResult([self.parse(raw.content, raw.status_code)], raw.headers)
+
+    def key_hint(self) -> str:
+        """The variable a user sets to give this provider a key."""
+        return KEY_VARIABLES[self.name][0]
+
+    @staticmethod
+    def parse(content: bytes, status_code: int = 200) -> Answer:
+        """Read the answer out of a chat completion body; a malformed 200 is retryable."""
+        try:
+            body = orjson.loads(content)
+            message = body["choices"][0]["message"]
+            output = message.get("content")
+            if output is None and not message.get("tool_calls"):
+                raise ValueError("no content")
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+            shown = content[:120].decode("utf-8", "replace")
+            raise ProviderError(
+                ErrorKind.RETRY,
+                "invalid_response",
+                f"unreadable {status_code} response body: {shown!r}",
+                status_code,
+            ) from None
+        usage = body.get("usage") or {}
+        return Answer(
+            output=output or "",
+            response=body,
+            usage={k: v for k, v in usage.items() if isinstance(v, int)},
+        )
+
+    def classify(self, error: openai.APIError) -> ProviderError:
+        """Sort an SDK error into retry, rate-limited or fatal."""
+        message = redact(str(getattr(error, "message", error)), self.api_key)
+        if isinstance(error, openai.APITimeoutError):
+            return ProviderError(ErrorKind.RETRY, "timeout", "the request timed out")
+        if isinstance(error, openai.APIConnectionError):
+            return ProviderError(ErrorKind.RETRY, "connection_error", message)
+        if isinstance(error, openai.APIStatusError):
+            status = error.status_code
+            headers = error.response.headers
+            if status == 429:
+                return ProviderError(
+                    ErrorKind.RATE_LIMITED,
+                    "rate_limited",
+                    message,
+                    status,
+                    retry_after_s(headers),
+                )
+            kind = ErrorKind.FATAL if status in PERMANENT_STATUS else ErrorKind.RETRY
+            return ProviderError(kind, f"http_{status}", message, status, retry_after_s(headers))
+        return ProviderError(ErrorKind.RETRY, "invalid_response", message)
+
+    def close(self) -> None:
+        """Close the SDK's connection pool."""
+        self.client.close()

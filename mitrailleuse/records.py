@@ -1,0 +1,99 @@
+"""Result records (DESIGN.md "Result record"): the one line each input item ends as.
+
+The workers build records from answers and errors, the feeder builds the failed records of
+invalid input lines, and the assembler only moves records around; nothing else shapes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from mitrailleuse.providers.base import Answer
+
+#: How a record was produced.
+Mode = Literal["realtime", "batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """What a Celery message carries about an item besides its request: where it came from."""
+
+    id: str
+    input_file: str
+    index: int
+    ordinal: int
+
+    def as_message(self, request: dict[str, Any] | None) -> dict[str, Any]:
+        """The item as a JSON-serializable message body."""
+        return {**asdict(self), "request": request}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> ItemRef:
+        """The reference part of a message body."""
+        return cls(message["id"], message["input_file"], message["index"], message["ordinal"])
+
+
+def succeeded(
+    item: ItemRef,
+    provider: str,
+    model: str,
+    answer: Answer,
+    attempts: int,
+    latency_ms: int,
+    mode: Mode = "realtime",
+    cost_usd: float | None = None,
+) -> dict[str, Any]:
+    """The record of an item the provider answered."""
+    return {
+        "id": item.id,
+        "input_file": item.input_file,
+        "index": item.index,
+        "status": "succeeded",
+        "provider": provider,
+        "model": model,
+        "output": answer.output,
+        "response": answer.response,
+        "error": None,
+        "attempts": attempts,
+        "cached": False,
+        "usage": answer.usage,
+        "cost_usd": cost_usd,
+        "latency_ms": latency_ms,
+        "mode": mode,
+    }
+
+
+def failed(
+    item: ItemRef,
+    provider: str,
+    model: str | None,
+    error: dict[str, Any],
+    attempts: int,
+    latency_ms: int | None = None,
+    mode: Mode = "realtime",
+) -> dict[str, Any]:
+    """The record of an item that failed, with ``error = {type, message, status_code}``."""
+    return {
+        "id": item.id,
+        "input_file": item.input_file,
+        "index": item.index,
+        "status": "failed",
+        "provider": provider,
+        "model": model,
+        "output": None,
+        "response": None,
+        "error": error,
+        "attempts": attempts,
+        "cached": False,
+        "usage": {},
+        "cost_usd": 0.0,
+        "latency_ms": latency_ms,
+        "mode": mode,
+    }
+
+
+def invalid_input(item: ItemRef, provider: str, reason: str) -> dict[str, Any]:
+    """The record of an input line no request could be built from."""
+    error = {"type": "invalid_input", "message": reason, "status_code": None}
+    return failed(item, provider, None, error, attempts=0)

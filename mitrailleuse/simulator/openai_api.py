@@ -1,0 +1,735 @@
+"""Fake OpenAI endpoints: chat completions, files and the Batch API.
+
+Answers are shaped so that the real ``openai`` SDK parses them into its own types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mitrailleuse.simulator.app import (
+    SimState,
+    json_response,
+    parse_markers,
+    retry_headers,
+)
+
+CHAT_PATH = "/v1/chat/completions"
+BATCH_MAX_LINES = 50_000
+BATCH_MAX_BYTES = 200 * 1024 * 1024
+BATCH_MAX_ERRORS = 100
+COMPLETION_WINDOW_S = 24 * 3600
+
+_ERROR_TYPES: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "not_found"),
+    409: ("invalid_request_error", "conflict"),
+    422: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+_HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+
+def _text_of(content: Any) -> str:
+    """Return the text of a message ``content`` (a string or a list of text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def _scan(messages: list[dict[str, Any]]) -> tuple[str | None, str, int]:
+    """Return (first system text, last user text, prompt tokens) of a message list."""
+    system: str | None = None
+    user = ""
+    prompt_tokens = 0
+    for message in messages:
+        text = _text_of(message.get("content"))
+        prompt_tokens += (len(text) + 3) // 4 + 4
+        role = message.get("role")
+        if role == "user":
+            user = text
+        elif role == "system" and system is None:
+            system = text
+    return system, user, prompt_tokens
+
+
+def _answer(system: str | None, user: str) -> str:
+    return f"echo: {user}" if system is None else f"({system}) echo: {user}"
+
+
+def chat_answer(messages: list[dict[str, Any]]) -> str:
+    """Return the simulator's deterministic answer to a chat message list.
+
+    ``"echo: " + <last user text>``, prefixed with ``"(<first system text>) "`` when there
+    is a system message, so a test can tell which input produced which output.
+    """
+    system, user, _ = _scan(messages)
+    return _answer(system, user)
+
+
+def openai_error_body(
+    status: int, message: str, type_: str | None = None, code: str | None = None, param: Any = None
+) -> dict[str, Any]:
+    """Build an OpenAI-shaped error body for ``status``."""
+    default_type, default_code = _ERROR_TYPES.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    return {
+        "error": {
+            "message": message,
+            "type": type_ or default_type,
+            "param": param,
+            "code": code or default_code,
+        }
+    }
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    code: str | None = None,
+    param: Any = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Answer ``status`` with an OpenAI-shaped error body."""
+    return json_response(openai_error_body(status, message, type_, code, param), status, headers)
+
+
+def _marker_error_body(code: int) -> dict[str, Any]:
+    return openai_error_body(code, f"Simulated error {code} ([[status:{code}]] marker).")
+
+
+def completion(
+    completion_id: str, model: str, answer: str, prompt_tokens: int, created: int
+) -> dict[str, Any]:
+    """Build a ``chat.completion`` object."""
+    completion_tokens = (len(answer) + 3) // 4
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _bearer_ok(header: str | None) -> bool:
+    return header is not None and header.startswith("Bearer ") and len(header.strip()) > 7
+
+
+def _validate_chat(body: Any) -> tuple[str, str | None, Any]:
+    """Return ``(problem, param, messages)``; ``problem`` is empty when the body is valid."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object.", None, None
+    messages = body.get("messages")
+    if messages is None:
+        return "Missing required parameter: 'messages'.", "messages", None
+    if not isinstance(messages, list) or not messages:
+        return "Invalid 'messages': expected a non-empty array.", "messages", None
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"Invalid 'messages[{index}]': expected an object with a role.", "messages", None
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "Missing required parameter: 'model'.", "model", None
+    if body.get("stream"):
+        return "The simulator does not support stream=true.", "stream", None
+    return "", None, messages
+
+
+@dataclass
+class _Batch:
+    """One batch: its parsed input lines and what happened to it."""
+
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    created: float
+    duration: float
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[int] = field(default_factory=list)  # 0 ok, >0 error status, -1 missing
+    failed_prefix: list[int] = field(default_factory=lambda: [0])
+    errors: list[dict[str, Any]] | None = None
+    expire: bool = False
+    model: str | None = None
+    cancelling_at: float | None = None
+    cancel_done: int = 0
+    finished: bool = False
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    usage: dict[str, Any] | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.lines)
+
+    def counts(self, done: int) -> dict[str, int]:
+        failed = self.failed_prefix[done]
+        return {"total": self.total, "completed": done - failed, "failed": failed}
+
+
+class OpenAIApi:
+    """Handlers of the fake OpenAI API, bound to one simulator state."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        """Return the route table of the OpenAI endpoints."""
+        return [
+            web.post(CHAT_PATH, self.chat_completions),
+            web.post("/v1/files", self.upload_file),
+            web.get("/v1/files/{file_id}", self.retrieve_file),
+            web.delete("/v1/files/{file_id}", self.delete_file),
+            web.get("/v1/files/{file_id}/content", self.file_content),
+            web.post("/v1/batches", self.create_batch),
+            web.get("/v1/batches", self.list_batches),
+            web.get("/v1/batches/{batch_id}", self.retrieve_batch),
+            web.post("/v1/batches/{batch_id}/cancel", self.cancel_batch),
+        ]
+
+    # -- chat ------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        """Answer ``POST /v1/chat/completions`` and log it."""
+        state = self.state
+        state.chat_requests += 1
+        started = time.time()
+        texts: list[str] = []
+        response = await self._chat(request, texts)
+        state.record(started, CHAT_PATH, response.status, texts)
+        return response
+
+    async def _chat(self, request: web.Request, texts: list[str]) -> web.Response:
+        state = self.state
+        if not _bearer_ok(request.headers.get("Authorization")):
+            return openai_error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            )
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return openai_error(400, "We could not parse the JSON body of your request.")
+        problem, param, messages = _validate_chat(body)
+        if problem:
+            return openai_error(400, problem, param=param)
+        system, user, prompt_tokens = _scan(messages)
+        texts.append(user)
+        answer = _answer(system, user)
+        admission = state.admit(prompt_tokens + (len(answer) + 3) // 4)
+        headers = admission.headers
+        if admission.rejected:
+            return openai_error(
+                429,
+                admission.message,
+                type_=admission.kind,
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        await state.delay()
+        markers = parse_markers(user)
+        if markers is not None:
+            response = await self._fault(user, markers, headers)
+            if response is not None:
+                return response
+        if state.random_failure():
+            return openai_error(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                headers=headers,
+            )
+        payload = completion(
+            state.new_id("chatcmpl-"), body["model"], answer, prompt_tokens, int(time.time())
+        )
+        return json_response(payload, headers=headers)
+
+    async def _fault(
+        self, user: str, markers: dict[str, int | None], headers: dict[str, str] | None
+    ) -> web.Response | None:
+        """Apply the fault markers of a chat request; ``None`` means answer normally."""
+        status = self.state.fault_status("chat", user, markers)
+        if status is not None:
+            extra = dict(headers or {})
+            if status == 429:
+                extra.update(retry_headers(1.0))
+            return json_response(_marker_error_body(status), status, extra)
+        if "hang" in markers:
+            await asyncio.sleep(self.state.settings.hang_s)
+        if "garbage" in markers:
+            return web.Response(
+                body=b"<<this is not JSON>> \x00\xff",
+                headers=headers,
+                content_type="application/json",
+            )
+        if "truncated" in markers:
+            full = orjson.dumps(completion("chatcmpl-truncated", "truncated", "echo", 1, 0))
+            return web.Response(
+                body=full[: len(full) // 2], headers=headers, content_type="application/json"
+            )
+        if "html" in markers:
+            return web.Response(
+                body=_HTML_502, status=502, headers=headers, content_type="text/html"
+            )
+        if "empty" in markers:
+            return web.Response(body=b"", headers=headers, content_type="application/json")
+        return None
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        state = self.state
+        file_id = state.new_id("file-")
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+        state.files[file_id] = meta
+        state.file_contents[file_id] = content
+        return meta
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if _bearer_ok(request.headers.get("Authorization")):
+            return None
+        return openai_error(401, "You didn't provide an API key.", code="invalid_api_key")
+
+    def _file_or_404(self, file_id: str) -> dict[str, Any] | web.Response:
+        meta = self.state.files.get(file_id)
+        if meta is None:
+            return openai_error(404, f"No such File object: {file_id}", param="id")
+        return meta
+
+    async def upload_file(self, request: web.Request) -> web.Response:
+        """Store a multipart upload (``POST /v1/files``) and return its FileObject."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        if request.content_type != "multipart/form-data":
+            return openai_error(400, "Expected a multipart/form-data body.")
+        form = await request.post()
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if not isinstance(purpose, str) or not purpose:
+            return openai_error(400, "Missing required parameter: 'purpose'.", param="purpose")
+        if upload is None or isinstance(upload, str):
+            return openai_error(400, "Missing required parameter: 'file'.", param="file")
+        content = upload.file.read()
+        self.state.files_uploaded += 1
+        return json_response(self._store_file(content, upload.filename or "upload", purpose))
+
+    async def retrieve_file(self, request: web.Request) -> web.Response:
+        """Return the FileObject of ``GET /v1/files/{file_id}``."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        meta = self._file_or_404(request.match_info["file_id"])
+        return meta if isinstance(meta, web.Response) else json_response(meta)
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        """Delete a stored file (``DELETE /v1/files/{file_id}``)."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        meta = self._file_or_404(request.match_info["file_id"])
+        if isinstance(meta, web.Response):
+            return meta
+        del self.state.files[meta["id"]]
+        self.state.file_contents.pop(meta["id"], None)
+        return json_response({"id": meta["id"], "object": "file", "deleted": True})
+
+    async def file_content(self, request: web.Request) -> web.Response:
+        """Return the raw bytes of a stored file."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        meta = self._file_or_404(request.match_info["file_id"])
+        if isinstance(meta, web.Response):
+            return meta
+        return web.Response(
+            body=self.state.file_contents[meta["id"]], content_type="application/octet-stream"
+        )
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        """Create a batch (``POST /v1/batches``); its progress is derived from its age."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return openai_error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            return openai_error(400, "The request body must be a JSON object.")
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or file_id not in self.state.files:
+            return openai_error(
+                400, f"Invalid 'input_file_id': {file_id!r} is not a file.", param="input_file_id"
+            )
+        endpoint = body.get("endpoint")
+        if endpoint != CHAT_PATH:
+            return openai_error(
+                400,
+                f"Invalid 'endpoint': the simulator only runs {CHAT_PATH} batches.",
+                param="endpoint",
+            )
+        window = body.get("completion_window")
+        if window != "24h":
+            return openai_error(
+                400, "Invalid 'completion_window': expected '24h'.", param="completion_window"
+            )
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            return openai_error(400, "Invalid 'metadata': expected an object.", param="metadata")
+        state = self.state
+        batch = _Batch(
+            id=state.new_id("batch_"),
+            input_file_id=file_id,
+            endpoint=endpoint,
+            completion_window=window,
+            metadata=metadata,
+            created=time.time(),
+            duration=state.settings.batch_duration_s,
+        )
+        self._load_lines(batch, state.file_contents[file_id])
+        state.batches[batch.id] = batch
+        state.batches_created += 1
+        return json_response(self._view(batch))
+
+    def _load_lines(self, batch: _Batch, data: bytes) -> None:
+        """Parse and validate the input JSONL; failures become the batch's ``errors``."""
+        if len(data) > BATCH_MAX_BYTES:
+            batch.errors = [
+                {
+                    "code": "file_too_large",
+                    "message": f"The input file exceeds the {BATCH_MAX_BYTES} bytes limit.",
+                    "param": None,
+                    "line": None,
+                }
+            ]
+            return
+        raw_lines = [line for line in data.splitlines() if line.strip()]
+        if len(raw_lines) > BATCH_MAX_LINES:
+            batch.errors = [
+                {
+                    "code": "too_many_requests",
+                    "message": f"The batch has {len(raw_lines)} requests, "
+                    f"more than the {BATCH_MAX_LINES} allowed.",
+                    "param": None,
+                    "line": None,
+                }
+            ]
+            return
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+
+        def problem(line_no: int, code: str, message: str, param: str | None = None) -> None:
+            if len(errors) < BATCH_MAX_ERRORS:
+                errors.append({"code": code, "message": message, "param": param, "line": line_no})
+
+        for line_no, raw in enumerate(raw_lines, start=1):
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                problem(line_no, "invalid_json_line", "This line is not parseable as valid JSON.")
+                continue
+            if not isinstance(item, dict):
+                problem(line_no, "invalid_json_line", "This line is not a JSON object.")
+                continue
+            custom_id = item.get("custom_id")
+            if not isinstance(custom_id, str) or not custom_id:
+                problem(line_no, "missing_required_parameter", "Missing custom_id.", "custom_id")
+                continue
+            if custom_id in seen:
+                problem(line_no, "duplicate_custom_id", f"Duplicate custom_id {custom_id!r}.")
+                continue
+            seen.add(custom_id)
+            if item.get("method") != "POST":
+                problem(line_no, "invalid_method", "The method must be POST.", "method")
+                continue
+            if item.get("url") != batch.endpoint:
+                problem(line_no, "mismatched_endpoint", "The url must match the batch endpoint.")
+                continue
+            message, param, messages = _validate_chat(item.get("body"))
+            if message:
+                problem(line_no, "invalid_request", message, param)
+                continue
+            batch.lines.append(item)
+            _, user, _ = _scan(messages)
+            outcome = 0
+            markers = parse_markers(user)
+            if markers is not None:
+                code = markers.get("status")
+                if code is not None and code >= 300:
+                    outcome = code
+                elif "batch-missing" in markers:
+                    outcome = -1
+                if "batch-expire" in markers:
+                    batch.expire = True
+            batch.outcomes.append(outcome)
+            if batch.model is None:
+                batch.model = item["body"]["model"]
+        if errors:
+            batch.errors = errors
+        elif not batch.lines:
+            batch.errors = [
+                {"code": "empty_file", "message": "The input file is empty.", "param": None}
+            ]
+        batch.failed_prefix = [0, *accumulate(1 if o > 0 else 0 for o in batch.outcomes)]
+
+    def _finish(self, batch: _Batch, done: int) -> None:
+        """Write the output and error files for the first ``done`` lines (once)."""
+        if batch.finished:
+            return
+        batch.finished = True
+        state = self.state
+        now = int(time.time())
+        output: list[bytes] = []
+        failures: list[bytes] = []
+        prompt_total = completion_total = 0
+        for item, outcome in zip(batch.lines[:done], batch.outcomes[:done], strict=True):
+            if outcome < 0:
+                continue
+            body = item["body"]
+            if outcome:
+                result = {"status_code": outcome, "body": _marker_error_body(outcome)}
+            else:
+                system, user, prompt_tokens = _scan(body["messages"])
+                answer = _answer(system, user)
+                payload = completion(
+                    state.new_id("chatcmpl-"), body["model"], answer, prompt_tokens, now
+                )
+                prompt_total += prompt_tokens
+                completion_total += payload["usage"]["completion_tokens"]
+                result = {"status_code": 200, "body": payload}
+            line = {
+                "id": state.new_id("batch_req_"),
+                "custom_id": item["custom_id"],
+                "response": {
+                    "status_code": result["status_code"],
+                    "request_id": state.new_id("req_"),
+                    "body": result["body"],
+                },
+                "error": None,
+            }
+            (failures if outcome else output).append(orjson.dumps(line))
+        if output:
+            name = f"{batch.id}_output.jsonl"
+            batch.output_file_id = self._store_file(
+                b"\n".join(output) + b"\n", name, "batch_output"
+            )["id"]
+        if failures:
+            name = f"{batch.id}_error.jsonl"
+            batch.error_file_id = self._store_file(
+                b"\n".join(failures) + b"\n", name, "batch_output"
+            )["id"]
+        batch.usage = {
+            "input_tokens": prompt_total,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion_total,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_total + completion_total,
+        }
+
+    def _progress(self, batch: _Batch, at: float) -> int:
+        """Return how many lines are processed ``at`` a given time (in_progress phase)."""
+        fraction = (at - batch.created) / batch.duration
+        share = min(max((fraction - 0.1) / 0.6, 0.0), 1.0)
+        return int(batch.total * share)
+
+    def _view(self, batch: _Batch) -> dict[str, Any]:
+        """Return the Batch object as of now, advancing the batch's lifecycle lazily."""
+        now = time.time()
+        created, duration = batch.created, batch.duration
+        view: dict[str, Any] = {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "model": batch.model,
+            "errors": None,
+            "input_file_id": batch.input_file_id,
+            "completion_window": batch.completion_window,
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(created),
+            "in_progress_at": None,
+            "expires_at": int(created) + COMPLETION_WINDOW_S,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": batch.metadata,
+            "usage": None,
+        }
+        fraction = (now - created) / duration
+        if batch.cancelling_at is not None:
+            view["cancelling_at"] = int(batch.cancelling_at)
+            view["request_counts"] = batch.counts(batch.cancel_done)
+            if fraction >= 0.1:
+                view["in_progress_at"] = int(created + 0.1 * duration)
+            cancelled_at = batch.cancelling_at + 0.1 * duration
+            if now < cancelled_at:
+                view["status"] = "cancelling"
+                return view
+            self._finish(batch, batch.cancel_done)
+            view.update(
+                status="cancelled",
+                cancelled_at=int(cancelled_at),
+                output_file_id=batch.output_file_id,
+                error_file_id=batch.error_file_id,
+                usage=batch.usage,
+            )
+            return view
+        if fraction < 0.1:
+            return view
+        if batch.errors is not None:
+            view.update(
+                status="failed",
+                failed_at=int(created + 0.1 * duration),
+                errors={"object": "list", "data": batch.errors},
+            )
+            return view
+        view["in_progress_at"] = int(created + 0.1 * duration)
+        done = 0 if batch.expire else self._progress(batch, now)
+        view["request_counts"] = batch.counts(done)
+        if fraction < 0.7:
+            view["status"] = "in_progress"
+            return view
+        if batch.expire:
+            if fraction >= 1:
+                view.update(status="expired", expired_at=int(created + duration))
+            else:
+                view["status"] = "in_progress"
+            return view
+        view["finalizing_at"] = int(created + 0.7 * duration)
+        if fraction < 1:
+            view["status"] = "finalizing"
+            return view
+        self._finish(batch, batch.total)
+        view.update(
+            status="completed",
+            completed_at=int(created + duration),
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+            usage=batch.usage,
+        )
+        return view
+
+    def _batch_or_404(self, batch_id: str) -> _Batch | web.Response:
+        batch = self.state.batches.get(batch_id)
+        if batch is None:
+            return openai_error(404, f"No batch found with id '{batch_id}'.", param="id")
+        return batch
+
+    async def retrieve_batch(self, request: web.Request) -> web.Response:
+        """Return the Batch object of ``GET /v1/batches/{batch_id}``."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        batch = self._batch_or_404(request.match_info["batch_id"])
+        if isinstance(batch, web.Response):
+            return batch
+        return json_response(self._view(batch))
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """List batches, newest first, with OpenAI's ``after``/``limit`` cursor paging."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            return openai_error(400, "Invalid 'limit': expected an integer.", param="limit")
+        if not 1 <= limit <= 100:
+            return openai_error(400, "Invalid 'limit': must be between 1 and 100.", param="limit")
+        ids = list(reversed(self.state.batches))
+        after = request.query.get("after")
+        start = 0
+        if after:
+            try:
+                start = ids.index(after) + 1
+            except ValueError:
+                return openai_error(
+                    400, f"Invalid 'after': unknown batch {after!r}.", param="after"
+                )
+        page = ids[start : start + limit]
+        data = [self._view(self.state.batches[batch_id]) for batch_id in page]
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+                "has_more": start + limit < len(ids),
+            }
+        )
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        """Cancel a running batch: ``cancelling`` now, ``cancelled`` a moment later."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        batch = self._batch_or_404(request.match_info["batch_id"])
+        if isinstance(batch, web.Response):
+            return batch
+        view = self._view(batch)
+        if view["status"] in ("validating", "in_progress", "finalizing"):
+            now = time.time()
+            batch.cancelling_at = now
+            batch.cancel_done = 0 if batch.expire else self._progress(batch, now)
+            return json_response(self._view(batch))
+        if view["status"] in ("cancelling", "cancelled"):
+            return json_response(view)
+        return openai_error(
+            409, f"Cannot cancel a batch with status '{view['status']}'.", code="conflict"
+        )

@@ -1,0 +1,183 @@
+"""Fixtures that start real things: redis-server, Celery worker processes, the simulator.
+
+Nothing here is a stub: a worker is ``celery -A mitrailleuse worker`` in a child process, Redis
+is the ``redis-server`` binary, and the simulator answers the real ``openai`` and ``deepl``
+SDKs over HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from mitrailleuse.broker import redis_server_binary
+from mitrailleuse.pipeline.fleet import worker_command
+from mitrailleuse.simulator.process import SimulatorProcess
+
+REPO = Path(__file__).resolve().parent.parent
+#: A key the secrets tests search for everywhere; recognisable, and never a real one.
+TEST_KEY = "sk-test-MITRAILLEUSE-canary-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free port, with AOF, that a test can stop and start again."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.home),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess() as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator: SimulatorProcess) -> SimulatorProcess:
+    """The session's simulator, with counters cleared and default settings."""
+    simulator.configure(latency_ms=0, rpm=None, error_rate=0, tpm=None)
+    simulator.reset()
+    return simulator
+
+
+@pytest.fixture(scope="session")
+def fleet_env(redis_server: RedisServer, simulator: SimulatorProcess) -> dict[str, str]:
+    """The environment of every process of the fleet under test."""
+    env = {
+        "REDIS_URL": redis_server.url,
+        "OPENAI_BASE_URL": f"{simulator.url}/v1",
+        "OPENAI_API_KEY": TEST_KEY,
+        "DEEPSEEK_BASE_URL": f"{simulator.url}/v1",
+        "DEEPSEEK_API_KEY": TEST_KEY + "-deepseek",
+        "DEEPL_SERVER_URL": simulator.url,
+        "DEEPL_AUTH_KEY": TEST_KEY + "-deepl",
+        "PYTHONPATH": str(REPO),
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    from mitrailleuse.pipeline.app import app
+
+    app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+class WorkerProcess:
+    """``celery -A mitrailleuse worker`` in a child process."""
+
+    def __init__(self, env: dict[str, str], queues: list[str], concurrency: int, name: str) -> None:
+        self.name = f"{name}@{socket.gethostname()}"
+        command = worker_command(queues, concurrency, "-n", self.name, "--loglevel", "WARNING")
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, cwd=REPO)
+
+    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
+        from mitrailleuse.pipeline.app import app
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
+            replies = app.control.ping(destination=[self.name], timeout=0.5)
+            if replies:
+                return self
+        raise TimeoutError(f"worker {self.name} did not answer within {timeout_s}s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes for a test; all are stopped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        queues: list[str] | None = None, concurrency: int = 16, name: str | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            fleet_env,
+            queues or ["openai", "deepseek", "deepl", "mitrailleuse"],
+            concurrency,
+            name or f"w{len(started)}-{os.getpid()}-{time.monotonic_ns()}",
+        )
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def tasks_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "tasks"
+    path.mkdir()
+    monkeypatch.setenv("MITRAILLEUSE_TASKS_DIR", str(path))
+    return path
+
+
+def pytest_report_header() -> str:
+    return f"python {sys.version.split()[0]}; redis-server {redis_server_binary()}"

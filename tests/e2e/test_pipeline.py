@@ -1,0 +1,116 @@
+"""The live pipeline end to end: real Redis, real worker processes, the simulator, the SDK."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mitrailleuse.api import Mitrailleuse
+from mitrailleuse.simulator import chat_answer
+from tests.e2e.helpers import questions, results, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+
+def test_every_item_once_in_order_with_its_own_answer(tmp_path, tasks_dir, sim, start_worker):
+    start_worker()
+    rows = questions(300)
+    source = write_jsonl(tmp_path / "questions.jsonl", rows)
+    config = {
+        "openai": {
+            "batch": {"batch_size": 20},
+            "system_instruction": {"is_dynamic": False, "system_prompt": "Be brief."},
+        }
+    }
+    m = Mitrailleuse()
+    task = m.create_task("alice", "openai", "squares", config, [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed"
+    records = results(task)
+    assert [r["id"] for r in records] == [f"questions.jsonl:{n}" for n in range(1, 301)]
+    for row, record in zip(rows, records, strict=True):
+        expected = chat_answer(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": row["input_text"]}]
+        )
+        assert record["status"] == "succeeded"
+        assert record["output"] == expected
+        assert record["attempts"] == 1
+        assert record["usage"]["prompt_tokens"] > 0
+    assert sim.stats()["chat_requests"] == 300
+    assert task.status().counts.succeeded == 300
+    assert len(list(task.parts_dir.glob("part-*.jsonl"))) == 15
+    assert task.errors_path.read_bytes() == b""
+
+
+def test_invalid_lines_fail_alone(tmp_path, tasks_dir, sim, start_worker):
+    start_worker()
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(
+        b'{"input_text": "first"}\n'
+        b"{not json\n"
+        b"\n"
+        b'{"other": "no prompt here"}\n'
+        b"[1, 2]\n"
+        b'{"input_text": "last"}\n'
+    )
+    m = Mitrailleuse()
+    task = m.create_task("bob", "openai", "mixed", None, [source])
+    progress = m.submit(task).wait(timeout=60)
+
+    assert progress.state == "completed"
+    records = results(task)
+    assert [r["status"] for r in records] == ["succeeded", "failed", "failed", "failed", "succeeded"]
+    assert [r["index"] for r in records] == [1, 2, 3, 4, 5]
+    assert {r["error"]["type"] for r in records if r["error"]} == {"invalid_input"}
+    assert "prompt" in records[2]["error"]["message"]
+    assert sim.stats()["chat_requests"] == 2
+    assert len(task.errors_path.read_bytes().splitlines()) == 3
+
+
+def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
+    from mitrailleuse.pipeline.app import app
+
+    sim.configure(latency_ms=30)
+    workers = [start_worker(concurrency=4), start_worker(concurrency=4)]
+    source = write_jsonl(tmp_path / "q.jsonl", questions(200))
+    m = Mitrailleuse()
+    task = m.create_task("carol", "openai", "shared", {"openai": {"batch": {"batch_size": 10}}}, [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed" and progress.succeeded == 200
+    assert [r["index"] for r in results(task)] == list(range(1, 201))
+    stats = app.control.inspect(destination=[w.name for w in workers], timeout=2).stats()
+    calls = {name: s["total"].get("mitrailleuse.call", 0) for name, s in stats.items()}
+    assert len(calls) == 2 and all(count > 0 for count in calls.values()), calls
+    assert sum(calls.values()) == 200
+
+
+def test_cancel_stops_calls_and_execute_resumes(tmp_path, tasks_dir, sim, start_worker):
+    sim.configure(latency_ms=100)
+    start_worker(concurrency=4)
+    source = write_jsonl(tmp_path / "q.jsonl", questions(300))
+    m = Mitrailleuse()
+    task = m.create_task("dan", "openai", "cancel", {"openai": {"batch": {"batch_size": 10}}}, [source])
+    run = m.submit(task)
+    while run.progress().done < 20:
+        time.sleep(0.05)
+    run.cancel()
+    cancelled_at = time.time()
+    progress = run.wait(timeout=60)
+
+    assert progress.state == "cancelled"
+    assert task.status().state == "cancelled"
+    log = sim.log()
+    late = [entry for entry in log if entry["t"] > cancelled_at + 0.05]
+    assert late == [], f"{len(late)} calls started after cancel returned"
+    sent_before = len(log)
+    assert sent_before < 300
+
+    resumed = m.submit(task).wait(timeout=120)
+    assert resumed.state == "completed"
+    records = results(task)
+    assert [r["index"] for r in records] == list(range(1, 301))
+    assert all(r["status"] == "succeeded" for r in records)
+    assert sim.stats()["chat_requests"] == 300, "an item was sent twice"
