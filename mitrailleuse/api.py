@@ -185,7 +185,7 @@ class Mitrailleuse:
 
     def __init__(self, redis_url: str | None = None, tasks_dir: str | Path | None = None) -> None:
         env = Environment()
-        self.tasks_dir = Path(tasks_dir or env.mitrailleuse_tasks_dir)
+        self.tasks_dir = Path(tasks_dir or env.mitrailleuse_tasks_dir).absolute()
         self._redis_url = redis_url or env.redis_url
 
     @property

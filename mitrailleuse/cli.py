@@ -264,18 +264,19 @@ def demo(items: Annotated[int, typer.Option("--items")] = 1000) -> None:
 
 def main() -> None:
     """Run the CLI with Mitrailleuse's exit codes."""
-    import click
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = app(standalone_mode=False)
     except MitrailleuseError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         code = EXIT_USAGE
-    except click.ClickException as error:
-        error.show()
-        code = EXIT_USAGE
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         code = EXIT_INTERRUPTED
+    except Exception as error:
+        # click's usage errors (typer may vendor click, so they are recognised by shape)
+        if not (hasattr(error, "show") and hasattr(error, "exit_code")):
+            raise
+        error.show()
+        code = EXIT_USAGE
     sys.exit(code or EXIT_OK)

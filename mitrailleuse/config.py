@@ -219,6 +219,11 @@ class Environment(BaseSettings):
     redis_url: str | None = None
     mitrailleuse_tasks_dir: Path = Path("tasks")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value else None
+
 
 def _error_line(error: ValidationError, source: str) -> str:
     first = error.errors()[0]

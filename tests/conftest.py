@@ -48,9 +48,20 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.home),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.home),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
         )

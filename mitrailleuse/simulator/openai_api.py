@@ -296,7 +296,7 @@ class OpenAIApi:
             await asyncio.sleep(self.state.settings.hang_s)
         if "garbage" in markers:
             return web.Response(
-                body=b"<<this is not JSON>> \x00\xff",
+                body=b"<<this is not JSON>>",
                 headers=headers,
                 content_type="application/json",
             )

@@ -32,7 +32,10 @@ def test_every_item_once_in_order_with_its_own_answer(tmp_path, tasks_dir, sim, 
     assert [r["id"] for r in records] == [f"questions.jsonl:{n}" for n in range(1, 301)]
     for row, record in zip(rows, records, strict=True):
         expected = chat_answer(
-            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": row["input_text"]}]
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": row["input_text"]},
+            ]
         )
         assert record["status"] == "succeeded"
         assert record["output"] == expected
@@ -61,7 +64,13 @@ def test_invalid_lines_fail_alone(tmp_path, tasks_dir, sim, start_worker):
 
     assert progress.state == "completed"
     records = results(task)
-    assert [r["status"] for r in records] == ["succeeded", "failed", "failed", "failed", "succeeded"]
+    assert [r["status"] for r in records] == [
+        "succeeded",
+        "failed",
+        "failed",
+        "failed",
+        "succeeded",
+    ]
     assert [r["index"] for r in records] == [1, 2, 3, 4, 5]
     assert {r["error"]["type"] for r in records if r["error"]} == {"invalid_input"}
     assert "prompt" in records[2]["error"]["message"]
@@ -76,7 +85,9 @@ def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
     workers = [start_worker(concurrency=4), start_worker(concurrency=4)]
     source = write_jsonl(tmp_path / "q.jsonl", questions(200))
     m = Mitrailleuse()
-    task = m.create_task("carol", "openai", "shared", {"openai": {"batch": {"batch_size": 10}}}, [source])
+    task = m.create_task(
+        "carol", "openai", "shared", {"openai": {"batch": {"batch_size": 10}}}, [source]
+    )
     progress = m.submit(task).wait(timeout=120)
 
     assert progress.state == "completed" and progress.succeeded == 200
@@ -92,7 +103,9 @@ def test_cancel_stops_calls_and_execute_resumes(tmp_path, tasks_dir, sim, start_
     start_worker(concurrency=4)
     source = write_jsonl(tmp_path / "q.jsonl", questions(300))
     m = Mitrailleuse()
-    task = m.create_task("dan", "openai", "cancel", {"openai": {"batch": {"batch_size": 10}}}, [source])
+    task = m.create_task(
+        "dan", "openai", "cancel", {"openai": {"batch": {"batch_size": 10}}}, [source]
+    )
     run = m.submit(task)
     while run.progress().done < 20:
         time.sleep(0.05)

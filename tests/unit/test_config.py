@@ -46,9 +46,15 @@ def test_defaults_need_nothing():
     [
         ({"openai": {"batch": {"batch_size": 0}}}, "openai.batch.batch_size"),
         ({"openai": {"batch": {"batch_size": "many"}}}, "openai.batch.batch_size"),
-        ({"openai": {"rate_limit": {"requests_per_minute": -5}}}, "openai.rate_limit.requests_per_minute"),
+        (
+            {"openai": {"rate_limit": {"requests_per_minute": -5}}},
+            "openai.rate_limit.requests_per_minute",
+        ),
         ({"openai": {"retry": {"max_attempts": 0}}}, "openai.retry.max_attempts"),
-        ({"general": {"sampling": {"enable_sampling": "perhaps"}}}, "general.sampling.enable_sampling"),
+        (
+            {"general": {"sampling": {"enable_sampling": "perhaps"}}},
+            "general.sampling.enable_sampling",
+        ),
         ({"general": {"sampling": {"sample_size": 0}}}, "general.sampling.sample_size"),
         ({"general": {"process_cap_percentage": 250}}, "general.process_cap_percentage"),
         ({"general": {"logs": {"log_file": "../../escape.log"}}}, "general.logs.log_file"),

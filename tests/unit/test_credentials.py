@@ -20,7 +20,9 @@ def test_references_and_literals():
 
 
 def test_scrub_replaces_literal_keys_and_returns_them(caplog):
-    config = parse_config({"openai": {"api_key": "sk-secret-literal"}, "deepl": {"api_key": "${D}"}})
+    config = parse_config(
+        {"openai": {"api_key": "sk-secret-literal"}, "deepl": {"api_key": "${D}"}}
+    )
     literals = scrub_config(config)
     assert literals == {"OPENAI_API_KEY": "sk-secret-literal"}
     assert config.openai.api_key == "${OPENAI_API_KEY}"

@@ -6,7 +6,13 @@ import pytest
 
 from mitrailleuse.config import TaskConfig
 from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
-from mitrailleuse.taskfolder import create_task_folder, find_task, iter_tasks, open_task, write_atomic
+from mitrailleuse.taskfolder import (
+    create_task_folder,
+    find_task,
+    iter_tasks,
+    open_task,
+    write_atomic,
+)
 
 
 def make(tasks_dir, tmp_path, user="alice", name="faq", inputs=None):
@@ -36,8 +42,18 @@ def test_dict_inputs_are_written_as_jsonl(tmp_path):
 
 @pytest.mark.parametrize(
     ("user", "name"),
-    [("..", "x"), ("a/b", "x"), ("u", "../x"), ("u", "a\\b"), ("u", "a\x00b"), ("/abs", "x"),
-     ("", "x"), ("u", ""), ("u", "  "), ("~root", "x")],
+    [
+        ("..", "x"),
+        ("a/b", "x"),
+        ("u", "../x"),
+        ("u", "a\\b"),
+        ("u", "a\x00b"),
+        ("/abs", "x"),
+        ("", "x"),
+        ("u", ""),
+        ("u", "  "),
+        ("~root", "x"),
+    ],
 )
 def test_names_that_could_escape_are_refused_and_leave_nothing(tmp_path, user, name):
     tasks = tmp_path / "tasks"
@@ -81,7 +97,13 @@ def test_list_find_and_open(tmp_path):
 def test_open_refuses_paths_outside_the_tasks_dir(tmp_path):
     tasks = tmp_path / "tasks"
     folder = make(tasks, tmp_path)
-    for path in (tmp_path, tasks / "alice" / ".." / "..", "../../etc", "/etc", folder.path / "inputs"):
+    for path in (
+        tmp_path,
+        tasks / "alice" / ".." / "..",
+        "../../etc",
+        "/etc",
+        folder.path / "inputs",
+    ):
         with pytest.raises(TaskNotFound):
             open_task(tasks, path)
 
