@@ -2,7 +2,8 @@
 
 Every worker, beat and Flower process loads this module. Broker and result backend are the
 same Redis: ``REDIS_URL``, or the embedded server under ``.mitrailleuse/redis/``.
-Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``.
+Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``,
+``MITRAILLEUSE_TASK_EVENTS``.
 """
 
 import os
@@ -40,7 +41,10 @@ task_default_queue = CONTROL_QUEUE
 worker_pool = "threads"
 worker_concurrency = int(os.environ.get("MITRAILLEUSE_CONCURRENCY", "64"))
 
-# Task events feed Flower; what it shows of a task is set by argsrepr (run, item, provider).
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events feed Flower, which switches them on in the workers while it watches (its
+# --enable-events default); unwatched, they would cost about a tenth of a worker's CPU.
+# MITRAILLEUSE_TASK_EVENTS=1 keeps them on. What Flower shows of a task is its argsrepr:
+# run, provider and item ids, never the request.
+worker_send_task_events = os.environ.get("MITRAILLEUSE_TASK_EVENTS", "0") == "1"
+task_send_sent_event = worker_send_task_events
 worker_hijack_root_logger = False

@@ -8,84 +8,25 @@ SDKs over HTTP on loopback.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from mitrailleuse.broker import redis_server_binary
-from mitrailleuse.pipeline.fleet import worker_command
 from mitrailleuse.simulator.process import SimulatorProcess
+from mitrailleuse.testing import RedisServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 #: A key the secrets tests search for everywhere; recognisable, and never a real one.
 TEST_KEY = "sk-test-MITRAILLEUSE-canary-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server on a free port, with AOF, that a test can stop and start again."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.home),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(10)
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 
@@ -130,36 +71,6 @@ def fleet_env(redis_server: RedisServer, simulator: SimulatorProcess) -> dict[st
             os.environ[name] = value
 
 
-class WorkerProcess:
-    """``celery -A mitrailleuse worker`` in a child process."""
-
-    def __init__(self, env: dict[str, str], queues: list[str], concurrency: int, name: str) -> None:
-        self.name = f"{name}@{socket.gethostname()}"
-        command = worker_command(queues, concurrency, "-n", self.name, "--loglevel", "WARNING")
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, cwd=REPO)
-
-    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
-        from mitrailleuse.pipeline.app import app
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            replies = app.control.ping(destination=[self.name], timeout=0.5)
-            if replies:
-                return self
-        raise TimeoutError(f"worker {self.name} did not answer within {timeout_s}s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
 def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes for a test; all are stopped afterwards."""
@@ -173,6 +84,7 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
             queues or ["openai", "deepseek", "deepl", "mitrailleuse"],
             concurrency,
             name or f"w{len(started)}-{os.getpid()}-{time.monotonic_ns()}",
+            cwd=REPO,
         )
         started.append(worker)
         return worker.wait_ready()

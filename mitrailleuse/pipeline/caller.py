@@ -78,15 +78,15 @@ def call_group(
     run: RunState, part: int, messages: list[dict[str, Any]], attempt: int
 ) -> CallOutcome:
     """Call the provider once for the items of ``messages`` that have no record yet."""
-    recorded = run.recorded(part, [m["ordinal"] for m in messages])
-    pending = [m for m in messages if m["ordinal"] not in recorded]
-    if not pending or run.cancelled:
+    gate = run.before_call(part, [m["ordinal"] for m in messages])
+    pending = [m for m in messages if m["ordinal"] not in gate.recorded]
+    if not pending or gate.cancelled:
         return CallOutcome()
     context = context_for(run)
-    provider, section = context.provider, context.config.provider(run.provider)
+    provider, section = context.provider, context.config.provider(gate.provider)
     items = [ItemRef.from_message(m) for m in pending]
-    if reason := run.halted_reason:
-        error = {"type": "quota_exceeded", "message": reason, "status_code": None}
+    if gate.halted_reason:
+        error = {"type": "quota_exceeded", "message": gate.halted_reason, "status_code": None}
         return _store_failed(run, part, provider, items, error, attempts=0)
     started = time.monotonic()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -30,6 +31,16 @@ def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
         counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
         counts["cached"] += bool(record.get("cached"))
     return counts
+
+
+@dataclass(frozen=True, slots=True)
+class CallGate:
+    """What a worker checks before calling the provider for a group of items."""
+
+    recorded: set[int]
+    provider: str
+    cancelled: bool
+    halted_reason: str | None
 
 
 @cache
@@ -100,12 +111,6 @@ class RunState:
         """Stop dispatching: queued items are skipped, in-flight ones finish."""
         self.redis.hset(self.key, mapping={"cancelled": 1})
 
-    @property
-    def halted_reason(self) -> str | None:
-        """Why the remaining items fail without a call (a spent quota), or None."""
-        value = self.redis.hget(self.key, "halted")
-        return value.decode() if value else None
-
     def halt(self, reason: str) -> None:
         """Fail every remaining item of the run at once, with ``reason``."""
         self.redis.hsetnx(self.key, "halted", reason)
@@ -156,16 +161,24 @@ class RunState:
         """How many chunks are on disk."""
         return self.redis.bitcount(keys.parts_done(self.run_id))
 
-    def recorded(self, part: int, ordinals: list[int]) -> set[int]:
-        """The items that already have a record (so a redelivered message must not call)."""
-        values = self.redis.hmget(keys.part_records(self.run_id, part), ordinals)
-        return {o for o, v in zip(ordinals, values, strict=True) if v is not None}
+    def before_call(self, part: int, ordinals: list[int]) -> CallGate:
+        """In one round trip: which items already have a record, and may the run call at all."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.part_records(self.run_id, part), ordinals)
+        pipe.hmget(self.key, ["provider", "cancelled", "halted"])
+        values, (provider, cancelled, halted) = pipe.execute()
+        return CallGate(
+            recorded={o for o, v in zip(ordinals, values, strict=True) if v is not None},
+            provider=provider.decode() if provider else "",
+            cancelled=cancelled == b"1",
+            halted_reason=halted.decode() if halted else None,
+        )
 
     def store_records(self, part: int, records: Iterable[tuple[int, dict[str, Any]]]) -> int:
         """Store each item's record once; count only those stored first. Returns how many."""
         key = keys.part_records(self.run_id, part)
         records = list(records)
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for ordinal, record in records:
             pipe.hsetnx(key, ordinal, orjson.dumps(record))
         stored = pipe.execute()
@@ -177,7 +190,7 @@ class RunState:
         """Add to the run's counts, and tell listeners."""
         if not counts.get("done"):
             return
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for name, value in counts.items():
             if value:
                 pipe.hincrby(self.key, name, value)
