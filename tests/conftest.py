@@ -8,7 +8,9 @@ SDKs over HTTP on loopback.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +26,31 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-MITRAILLEUSE-canary-0123456789"
 
 
+_SESSION_REDIS: RedisServer | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's redis-server before anything can load the Celery config.
+
+    Without ``REDIS_URL``, loading ``celeryconfig`` starts the embedded Redis in the working
+    directory: the tests must never do that by accident.
+    """
+    global _SESSION_REDIS
+    home = Path(tempfile.mkdtemp(prefix="mitrailleuse-test-redis-"))
+    _SESSION_REDIS = RedisServer(home).start()
+    os.environ["REDIS_URL"] = _SESSION_REDIS.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_REDIS is not None:
+        _SESSION_REDIS.stop()
+        shutil.rmtree(_SESSION_REDIS.home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis_server() -> RedisServer:
+    assert _SESSION_REDIS is not None
+    return _SESSION_REDIS
 
 
 @pytest.fixture(scope="session")
