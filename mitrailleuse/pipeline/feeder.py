@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -60,23 +60,23 @@ SendChunk = Callable[[RunState, Chunk], None]
 def group_calls(
     provider: type[Provider], messages: list[dict[str, Any]]
 ) -> list[list[dict[str, Any]]]:
-    """Pack item messages into calls of at most ``max_items_per_call`` items and bytes."""
+    """Pack item messages into calls: same group key, at most the provider's items and bytes."""
     calls: list[list[dict[str, Any]]] = []
-    size = 0
+    open_calls: dict[Hashable, tuple[list[dict[str, Any]], int]] = {}
     for message in messages:
+        key = provider.group_key(message["request"])
         added = provider.payload_size(message["request"])
-        last = calls[-1] if calls else None
+        call, size = open_calls.get(key, (None, 0))
         fits = (
-            last is not None
-            and len(last) < provider.max_items_per_call
+            call is not None
+            and len(call) < provider.max_items_per_call
             and (provider.max_bytes_per_call is None or size + added <= provider.max_bytes_per_call)
         )
-        if fits:
-            last.append(message)  # type: ignore[union-attr]
-            size += added
-        else:
-            calls.append([message])
-            size = added
+        if not fits:
+            call, size = [], 0
+            calls.append(call)
+        call.append(message)
+        open_calls[key] = (call, size + added)
     return calls
 
 

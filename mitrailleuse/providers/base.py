@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mitrailleuse.errors import MitrailleuseError
+
+#: Status codes that will not get better by asking again.
+PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413, 422})
 
 
 class ErrorKind(enum.StrEnum):
@@ -106,6 +109,11 @@ class Provider(ABC):
     @abstractmethod
     def build_request(cls, item: Mapping[str, Any], config: Any) -> dict[str, Any]:
         """The payload for one item; raises InvalidItem when the item lacks what it needs."""
+
+    @classmethod
+    def group_key(cls, payload: Mapping[str, Any]) -> Hashable:
+        """Payloads with different keys never share a call (DeepL: one target language)."""
+        return None
 
     @classmethod
     def payload_size(cls, payload: Mapping[str, Any]) -> int:

@@ -27,6 +27,7 @@ import orjson
 from mitrailleuse.credentials import KEY_VARIABLES, redact
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
+    PERMANENT_STATUS,
     Answer,
     CallResult,
     ErrorKind,
@@ -34,9 +35,6 @@ from mitrailleuse.providers.base import (
     Provider,
     ProviderError,
 )
-
-#: Status codes that will not get better by asking again.
-PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413, 422})
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
