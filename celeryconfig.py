@@ -11,7 +11,7 @@ import os
 from kombu import Queue
 
 from mitrailleuse.broker import resolve_redis_url
-from mitrailleuse.pipeline.queues import CONTROL_QUEUE, PROVIDER_QUEUES
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE, all_queues
 
 broker_url = result_backend = resolve_redis_url(os.environ.get("REDIS_URL"))
 broker_connection_retry_on_startup = True
@@ -34,7 +34,7 @@ broker_transport_options = {
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 result_expires = 24 * 3600
 
-task_queues = [Queue(name) for name in (*PROVIDER_QUEUES, CONTROL_QUEUE)]
+task_queues = [Queue(name) for name in all_queues()]
 task_default_queue = CONTROL_QUEUE
 # Provider calls spend their time waiting on the network: threads keep many in flight on
 # few cores (see the README's Performance section for the measurement).

@@ -38,7 +38,9 @@ EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 TaskPath = Annotated[Path, typer.Option("--task-path", help="The task folder.")]
 UserId = Annotated[str, typer.Option("--user-id", help="Who the task belongs to.")]
-ApiName = Annotated[ProviderName, typer.Option("--api-name", help="The provider to call.")]
+ApiName = Annotated[
+    ProviderName, typer.Option("--api-name", help="The provider: openai, deepseek, deepl, …")
+]
 TaskName = Annotated[str, typer.Option("--task-name", help="A name for the task.")]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="A config.json (the seed's template works).")
@@ -209,9 +211,10 @@ def worker(
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO",
 ) -> None:
     """A worker of the fleet (``celery -A mitrailleuse worker`` on the threads pool)."""
-    from mitrailleuse.pipeline.fleet import ALL_QUEUES, worker_command
+    from mitrailleuse.pipeline.fleet import worker_command
+    from mitrailleuse.pipeline.queues import all_queues
 
-    chosen = [q for q in queues.split(",") if q] or list(ALL_QUEUES)
+    chosen = [q for q in queues.split(",") if q] or list(all_queues())
     _exec(worker_command(chosen, concurrency, "--loglevel", loglevel))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,8 +20,8 @@ from mitrailleuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The provider names a task can be created for.
-ProviderName = Literal["openai", "deepseek", "deepl"]
+#: A name in the provider registry (``openai``, ``deepseek``, ``deepl``, or a plug-in's).
+ProviderName = str
 
 
 class Section(BaseModel):
@@ -70,20 +70,25 @@ class RetryPolicy(Section):
     max_backoff_s: float = Field(default=60.0, ge=0)
 
 
-class ChatProviderConfig(Section):
-    """An OpenAI-compatible provider (``openai``, ``deepseek``)."""
+class ProviderSection(Section):
+    """What the pipeline reads of every provider's section; a provider's model extends it."""
 
-    batch: BatchConfig = Field(default_factory=BatchConfig)
-    prompt: str = "input_text"
-    system_instruction: SystemInstruction = Field(default_factory=SystemInstruction)
     api_key: str = ""
-    api_information: ApiInformation = Field(default_factory=ApiInformation)
-    bulk_save: int = Field(default=10, ge=1)
-    sleep_time: float = Field(default=0, ge=0)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     base_url: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ChatProviderConfig(ProviderSection):
+    """An OpenAI-compatible provider (``openai``, ``deepseek``)."""
+
+    prompt: str = "input_text"
+    system_instruction: SystemInstruction = Field(default_factory=SystemInstruction)
+    api_information: ApiInformation = Field(default_factory=ApiInformation)
+    bulk_save: int = Field(default=10, ge=1)
+    sleep_time: float = Field(default=0, ge=0)
 
     @field_validator("prompt")
     @classmethod
@@ -93,10 +98,9 @@ class ChatProviderConfig(Section):
         return value
 
 
-class DeepLConfig(Section):
+class DeepLConfig(ProviderSection):
     """DeepL: the item fields (or literal language codes) to translate from and to."""
 
-    api_key: str = ""
     target_lang: str = "target_lang"
     source_lang: str | None = None
     text: str = "text"
@@ -109,8 +113,6 @@ class DeepLConfig(Section):
     rate_limit: RateLimit = Field(
         default_factory=lambda: RateLimit(requests_per_minute=300, tokens_per_minute=None)
     )
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    base_url: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
 
 
@@ -206,9 +208,25 @@ class TaskConfig(Section):
     deepl: DeepLConfig = Field(default_factory=DeepLConfig)
     general: General = Field(default_factory=General)
 
-    def provider(self, name: ProviderName) -> ChatProviderConfig | DeepLConfig:
-        """The section of one provider."""
-        return getattr(self, name)
+    def provider(self, name: ProviderName) -> ProviderSection:
+        """The section of one provider: a built-in one, or a plug-in's, validated by its model.
+
+        A plug-in provider's section is an unknown key to this model; its provider class names
+        the model that validates it (``Provider.config_model``).
+        """
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        from mitrailleuse.providers import provider_class
+
+        extra = self.model_extra if self.model_extra is not None else {}
+        section = extra.get(name) or {}
+        if not isinstance(section, BaseModel):
+            try:
+                section = provider_class(name).config_model.model_validate(section)
+            except ValidationError as error:
+                raise ConfigError(_error_line(error, f"config: {name}")) from None
+            extra[name] = section
+        return section
 
 
 class Environment(BaseSettings):

@@ -13,15 +13,9 @@ import re
 from collections.abc import Mapping
 
 from mitrailleuse.config import ProviderName, TaskConfig
+from mitrailleuse.providers import available_providers, provider_class
 
 log = logging.getLogger(__name__)
-
-#: The environment variables each provider's key is read from, in order of preference.
-KEY_VARIABLES: dict[str, tuple[str, ...]] = {
-    "openai": ("OPENAI_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "deepl": ("DEEPL_AUTH_KEY", "DEEPL_API_KEY"),
-}
 
 _REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _PLACEHOLDER = re.compile(r"^(|YOUR_[A-Z0-9_]*|<[^>]*>|\s+)$")
@@ -52,7 +46,7 @@ def resolve_api_key(
         return environ.get(reference.group(1)) or None
     if is_literal_key(configured):
         return configured
-    for variable in KEY_VARIABLES[provider]:
+    for variable in provider_class(provider).key_variables:
         if environ.get(variable):
             return environ[variable]
     return None
@@ -65,9 +59,11 @@ def scrub_config(config: TaskConfig) -> dict[str, str]:
     environment), and must never write them anywhere.
     """
     literals: dict[str, str] = {}
-    for provider, variables in KEY_VARIABLES.items():
-        section = config.provider(provider)  # type: ignore[arg-type]
-        if is_literal_key(section.api_key):
+    present = set(type(config).model_fields) | set(config.model_extra or {})
+    for provider in available_providers().keys() & present:
+        section = config.provider(provider)
+        variables = provider_class(provider).key_variables
+        if is_literal_key(getattr(section, "api_key", "")):
             literals[variables[0]] = section.api_key
             section.api_key = f"${{{variables[0]}}}"
             log.warning(

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from mitrailleuse.config import ProviderName, TaskConfig
 from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
 from mitrailleuse.inputs import sorted_input_files
+from mitrailleuse.providers import provider_class
 
 #: Every state a task goes through (DESIGN.md, status.json).
 TaskState = Literal[
@@ -32,9 +33,8 @@ TaskState = Literal[
 ]
 #: States after which nothing more happens unless the task is executed again.
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
-PROVIDERS: tuple[ProviderName, ...] = ("openai", "deepseek", "deepl")
 
-_FOLDER_NAME = re.compile(r"^(openai|deepseek|deepl)_(.+)_(\d{2}_\d{2}_\d{4}_\d{6})$")
+_FOLDER_NAME = re.compile(r"^([a-z][a-z0-9-]*)_(.+)_(\d{2}_\d{2}_\d{4}_\d{6})$")
 _FORBIDDEN = re.compile(r"[/\\\x00]")
 
 
@@ -231,8 +231,8 @@ def create_task_folder(
     """
     check_name(user_id, "user id")
     check_name(task_name, "task name")
-    if provider not in PROVIDERS:
-        raise TaskNameError(f"api name {provider!r} must be one of {', '.join(PROVIDERS)}")
+    provider_class(provider)  # an unknown name is refused, with the closest known one
+    config.provider(provider)  # a plug-in's section is validated now, not at run time
     files = sorted_input_files(p for p in inputs if not isinstance(p, dict))
     user_dir = tasks_dir / user_id
     user_dir.mkdir(parents=True, exist_ok=True)

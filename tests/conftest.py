@@ -99,10 +99,13 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
     started: list[WorkerProcess] = []
 
     def start(
-        queues: list[str] | None = None, concurrency: int = 16, name: str | None = None
+        queues: list[str] | None = None,
+        concurrency: int = 16,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         worker = WorkerProcess(
-            fleet_env,
+            {**fleet_env, **(env or {})},
             queues or ["openai", "deepseek", "deepl", "mitrailleuse"],
             concurrency,
             name or f"w{len(started)}-{os.getpid()}-{time.monotonic_ns()}",

@@ -75,6 +75,15 @@ def finish_if_complete(run: RunState) -> bool:
     return True
 
 
+def fail_run(run: RunState, message: str) -> None:
+    """End a run that cannot go on (its inputs or config became unusable), saying why."""
+    run.cancel()
+    run.set(state="failed")
+    folder = TaskFolder(Path(run.get("task_path") or ""))
+    folder.update_status(state="failed", message=message, finished_at=now())
+    run.redis.publish(keys.events(run.run_id), b"finished")
+
+
 def assemble(run: RunState, folder: TaskFolder, state: str) -> None:
     """Concatenate the part files into the run's outputs, in input order."""
     folder.outputs_dir.mkdir(exist_ok=True)

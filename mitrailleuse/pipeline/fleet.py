@@ -13,10 +13,6 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from mitrailleuse.pipeline.app import app
-from mitrailleuse.pipeline.queues import CONTROL_QUEUE, PROVIDER_QUEUES
-
-#: The queues a worker serves when none are named.
-ALL_QUEUES = (*PROVIDER_QUEUES, CONTROL_QUEUE)
 
 
 def celery_command(*args: str) -> list[str]:

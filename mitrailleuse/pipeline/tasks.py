@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Task, chord
 
+from mitrailleuse.errors import MitrailleuseError
 from mitrailleuse.pipeline import assembler, feeder
 from mitrailleuse.pipeline.app import app
 from mitrailleuse.pipeline.caller import call_group
@@ -34,7 +35,13 @@ def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int
 @app.task(name="mitrailleuse.feed", ignore_result=True)
 def feed(run_id: str) -> None:
     """Dispatch a slice of the run's chunks, then hand over to the next slice."""
-    if feeder.feed_slice(run_state(run_id), send_chunk):
+    run = run_state(run_id)
+    try:
+        more = feeder.feed_slice(run, send_chunk)
+    except MitrailleuseError as error:
+        assembler.fail_run(run, str(error))
+        return
+    if more:
         feed.apply_async((run_id,), queue=CONTROL_QUEUE)
 
 

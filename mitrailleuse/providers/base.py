@@ -15,6 +15,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from mitrailleuse.errors import MitrailleuseError
 
 #: Status codes that will not get better by asking again.
@@ -89,6 +91,10 @@ class Provider(ABC):
 
     #: The short name used in configs, task folders and queue names.
     name: ClassVar[str]
+    #: The pydantic model of the provider's config section.
+    config_model: ClassVar[type[BaseModel]]
+    #: Environment variables the key is read from, in order of preference.
+    key_variables: ClassVar[tuple[str, ...]]
     #: How many items one call may carry (DeepL takes 50 texts per request).
     max_items_per_call: ClassVar[int] = 1
     #: The largest request body, in bytes, a grouped call may have.

@@ -23,7 +23,8 @@ from typing import Any
 
 import deepl
 
-from mitrailleuse.credentials import KEY_VARIABLES, redact
+from mitrailleuse.config import DeepLConfig
+from mitrailleuse.credentials import redact
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
     PERMANENT_STATUS,
@@ -64,6 +65,8 @@ class DeepLProvider(Provider):
     """DeepL's text translation API."""
 
     name = "deepl"
+    config_model = DeepLConfig
+    key_variables = ("DEEPL_AUTH_KEY", "DEEPL_API_KEY")
     max_items_per_call = MAX_TEXTS_PER_CALL
     # Room is kept for the JSON around the texts and the other parameters.
     max_bytes_per_call = MAX_REQUEST_BYTES - 4 * 1024
@@ -116,7 +119,7 @@ class DeepLProvider(Provider):
             raise ProviderError(
                 ErrorKind.FATAL,
                 "missing_api_key",
-                f"no API key for deepl: set {KEY_VARIABLES['deepl'][0]} where the workers run",
+                f"no API key for deepl: set {self.key_variables[0]} where the workers run",
             )
         first = payloads[0]
         options = {

@@ -28,6 +28,7 @@ class DeepSeekProvider(OpenAIProvider):
     """DeepSeek, a configured OpenAI-compatible variant."""
 
     name = "deepseek"
+    key_variables = ("DEEPSEEK_API_KEY",)
     supports_native_batch = False
     base_url_variable = "DEEPSEEK_BASE_URL"
     default_base_url = "https://api.deepseek.com"

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 import openai
 import orjson
 
-from mitrailleuse.credentials import KEY_VARIABLES, redact
+from mitrailleuse.config import ChatProviderConfig
+from mitrailleuse.credentials import redact
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
     PERMANENT_STATUS,
@@ -72,6 +73,8 @@ class OpenAIProvider(Provider):
     """OpenAI's chat completions API."""
 
     name = "openai"
+    config_model = ChatProviderConfig
+    key_variables = ("OPENAI_API_KEY",)
     supports_native_batch = True
     #: Environment variable for the endpoint, and the endpoint when it is unset.
     base_url_variable: ClassVar[str] = "OPENAI_BASE_URL"
@@ -122,7 +125,7 @@ class OpenAIProvider(Provider):
             raise ProviderError(
                 ErrorKind.FATAL,
                 "missing_api_key",
-                f"no API key for {self.name}: set {self.key_hint()} where the workers run",
+                f"no API key for {self.name}: set {self.key_variables[0]} where the workers run",
             )
         (payload,) = payloads
         body = self.request_body(payload)
@@ -139,10 +142,6 @@ class OpenAIProvider(Provider):
         except openai.APIError as error:
             raise self.classify(error) from None
         return CallResult([self.parse(raw.content, raw.status_code)], raw.headers)
-
-    def key_hint(self) -> str:
-        """The variable a user sets to give this provider a key."""
-        return KEY_VARIABLES[self.name][0]
 
     @staticmethod
     def parse(content: bytes, status_code: int = 200) -> Answer:
