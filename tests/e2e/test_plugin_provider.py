@@ -40,7 +40,8 @@ class EchoProvider(Provider):
         return {"text": item[config.text]}
 
     def send(self, payloads, timeout_s):
-        return CallResult([Answer(output=self.config.prefix + p["text"], response={}) for p in payloads])
+        answers = [Answer(output=self.config.prefix + p["text"], response={}) for p in payloads]
+        return CallResult(answers)
 """
 
 
