@@ -15,12 +15,14 @@ from collections.abc import Mapping, Sequence
 from mitrailleuse.pipeline.app import app
 
 
-def celery_command(*args: str) -> list[str]:
-    """``celery -A mitrailleuse <args>`` with this interpreter."""
-    return [sys.executable, "-m", "celery", "-A", "mitrailleuse", *args]
+def celery_command(*args: str, quiet: bool = False) -> list[str]:
+    """``celery -A mitrailleuse <args>`` with this interpreter (``quiet``: no banner)."""
+    return [sys.executable, "-m", "celery", *(["-q"] if quiet else []), "-A", "mitrailleuse", *args]
 
 
-def worker_command(queues: Sequence[str], concurrency: int | None, *extra: str) -> list[str]:
+def worker_command(
+    queues: Sequence[str], concurrency: int | None, *extra: str, quiet: bool = False
+) -> list[str]:
     """The command line of a worker serving ``queues`` on the threads pool."""
     args = [
         "worker",
@@ -33,7 +35,7 @@ def worker_command(queues: Sequence[str], concurrency: int | None, *extra: str) 
     ]
     if concurrency:
         args += ["-c", str(concurrency)]
-    return celery_command(*args, *extra)
+    return celery_command(*args, *extra, quiet=quiet)
 
 
 def queues_served(timeout_s: float = 1.0) -> set[str]:
@@ -46,7 +48,7 @@ def start_worker(
     queues: Sequence[str], concurrency: int | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a child worker; its output goes to ours at warning level."""
-    command = worker_command(queues, concurrency, "--loglevel", "WARNING")
+    command = worker_command(queues, concurrency, "--loglevel", "WARNING", quiet=True)
     return subprocess.Popen(command, env={**os.environ, **(env or {})})
 
 
