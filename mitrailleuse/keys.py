@@ -55,3 +55,13 @@ def events(run_id: str) -> str:
 def run_keys_pattern(run_id: str) -> str:
     """Glob matching every key of a run."""
     return f"{PREFIX}:run:{run_id}*"
+
+
+def limit(scope: str, budget: str) -> str:
+    """A rate-limit budget of one provider and model (``openai:gpt-4o-mini``), fleet-wide."""
+    return f"{PREFIX}:limit:{scope}:{budget}"
+
+
+def rate_counters(scope: str, minute: int) -> str:
+    """Hash: requests (``r<second>``) and tokens (``t<second>``) sent in one minute."""
+    return f"{PREFIX}:rate:{scope}:{minute}"

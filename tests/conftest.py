@@ -79,6 +79,13 @@ def fleet_env(redis_server: RedisServer, simulator: SimulatorProcess) -> dict[st
         "DEEPL_SERVER_URL": simulator.url,
         "DEEPL_AUTH_KEY": TEST_KEY + "-deepl",
         "PYTHONPATH": str(REPO),
+        # the simulator is not rate limited unless a test says so: the tests that are about
+        # limits clear these (the worker then takes the task's rate_limit block)
+        **{
+            f"MITRAILLEUSE_{provider}_{limit}": "1000000"
+            for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
+            for limit in ("REQUESTS_PER_MINUTE", "MAX_IN_FLIGHT")
+        },
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)

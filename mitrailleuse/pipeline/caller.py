@@ -22,6 +22,7 @@ from mitrailleuse.config import TaskConfig, parse_config
 from mitrailleuse.credentials import resolve_api_key
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import ErrorKind, Provider, ProviderError, provider_class
+from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
 from mitrailleuse.records import ItemRef, failed, succeeded
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,18 @@ log = logging.getLogger(__name__)
 MAX_CACHED_RUNS = 16
 
 
+#: A wait for the rate limiter this short is slept in the worker thread; a longer one frees
+#: the slot: the task is re-scheduled with a countdown.
+MOMENT_S = 0.5
+
+
 @dataclass(slots=True)
 class RunContext:
     """What a worker needs to call a run's provider: built once per run and process."""
 
     config: TaskConfig
     provider: Provider
+    limiter: RedisLimiter
 
 
 _contexts: OrderedDict[str, RunContext] = OrderedDict()
@@ -52,8 +59,9 @@ def context_for(run: RunState) -> RunContext:
     config = parse_config(orjson.loads(run.config_json()), f"run {run.run_id}")
     name = run.provider
     section = config.provider(name)  # type: ignore[arg-type]
-    provider = provider_class(name)(section, resolve_api_key(name, section.api_key))  # type: ignore[arg-type]
-    context = RunContext(config, provider)
+    provider = provider_class(name)(section, resolve_api_key(name, section.api_key))
+    limits = Limits.resolve(name, section.rate_limit)
+    context = RunContext(config, provider, RedisLimiter(run.redis, name, provider.model, limits))
     with _contexts_lock:
         _contexts[run.run_id] = context
         while len(_contexts) > MAX_CACHED_RUNS:
@@ -63,10 +71,15 @@ def context_for(run: RunState) -> RunContext:
 
 @dataclass(slots=True)
 class CallOutcome:
-    """What became of a group: records stored, or a wait before the next attempt."""
+    """What became of a group: records stored, or a wait before trying again.
+
+    ``attempted`` says whether the provider was called (a failed attempt) or the rate limiter
+    held the call back (no attempt used).
+    """
 
     stored: int = 0
     retry_in_s: float | None = None
+    attempted: bool = True
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
@@ -88,21 +101,42 @@ def call_group(
     if gate.halted_reason:
         error = {"type": "quota_exceeded", "message": gate.halted_reason, "status_code": None}
         return _store_failed(run, part, provider, items, error, attempts=0)
+    payloads = [m["request"] for m in pending]
+    grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
+    if not isinstance(grant, Grant):
+        return CallOutcome(retry_in_s=grant, attempted=False)
     started = time.monotonic()
+    used_tokens = None
     try:
-        result = provider.send([m["request"] for m in pending], section.timeout_s)
+        result = provider.send(payloads, section.timeout_s)
+        used_tokens = provider.used_tokens(result.answers)
     except ProviderError as error:
+        if error.kind is ErrorKind.RATE_LIMITED:
+            context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
         return _after_error(run, part, provider, items, error, attempt, section.retry)
     except Exception as error:  # a bug or an SDK surprise must not stall the chord
         log.exception("unexpected error calling %s", provider.name)
         wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
         return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
+    finally:
+        context.limiter.release(grant, used_tokens)
+    context.limiter.observe(result.headers)
     latency_ms = round((time.monotonic() - started) * 1000)
     records = [
         (item.ordinal, succeeded(item, provider.name, provider.model, answer, attempt, latency_ms))
         for item, answer in zip(items, result.answers, strict=True)
     ]
     return CallOutcome(stored=run.store_records(part, records))
+
+
+def _acquire(limiter: RedisLimiter, tokens: int, timeout_s: float) -> Grant | float:
+    """A grant, waiting in place for a moment at most; else the longer wait still needed."""
+    deadline = time.monotonic() + MOMENT_S
+    while True:
+        grant = limiter.acquire(tokens, timeout_s)
+        if isinstance(grant, Grant) or time.monotonic() + grant > deadline:
+            return grant
+        time.sleep(grant)
 
 
 def _after_error(

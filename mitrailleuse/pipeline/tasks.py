@@ -24,11 +24,18 @@ def run_state(run_id: str) -> RunState:
 
 
 @app.task(name="mitrailleuse.call", bind=True, max_retries=None)
-def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int:
+def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]], attempt: int = 1) -> int:
     """Call the provider for a group of items; retry later when the outcome asks for it."""
-    outcome = call_group(run_state(run_id), part, items, attempt=self.request.retries + 1)
+    outcome = call_group(run_state(run_id), part, items, attempt)
     if outcome.retry_in_s is not None:
-        raise self.retry(countdown=outcome.retry_in_s)
+        next_attempt = attempt + 1 if outcome.attempted else attempt
+        raise self.retry(
+            args=(run_id, part, items),
+            kwargs={"attempt": next_attempt},
+            countdown=outcome.retry_in_s,
+            argsrepr=self.request.argsrepr,  # monitoring keeps showing ids, never the requests
+            kwargsrepr=self.request.kwargsrepr,
+        )
     return outcome.stored
 
 

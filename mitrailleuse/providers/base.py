@@ -121,6 +121,16 @@ class Provider(ABC):
         """Payloads with different keys never share a call (DeepL: one target language)."""
         return None
 
+    def estimate_tokens(self, payloads: Sequence[dict[str, Any]]) -> int:
+        """Tokens a call may use, for the tokens-per-minute budget (0: not counted in tokens)."""
+        return 0
+
+    @staticmethod
+    def used_tokens(answers: Sequence[Answer]) -> int | None:
+        """Tokens a call used, from the response's usage (None: unknown)."""
+        totals = [a.usage.get("total_tokens") for a in answers]
+        return sum(totals) if totals and all(t is not None for t in totals) else None  # type: ignore[misc]
+
     @classmethod
     def payload_size(cls, payload: Mapping[str, Any]) -> int:
         """The bytes a payload adds to a grouped request (used to keep groups under the cap)."""

@@ -111,6 +111,23 @@ class OpenAIProvider(Provider):
         head = [{"role": "system", "content": system}] if system else []
         return {"messages": [*head, {"role": "user", "content": user}]}
 
+    def estimate_tokens(self, payloads: Sequence[dict[str, Any]]) -> int:
+        """Prompt characters / 4 (no tokenizer files here) plus the completion budget.
+
+        Like the provider's own limiter, the completion counts as ``max_tokens`` until the
+        response's usage corrects it.
+        """
+        setting = self.config.api_information.setting
+        completion = setting.get("max_completion_tokens") or setting.get("max_tokens") or 256
+        total = 0
+        for payload in payloads:
+            for message in payload["messages"]:
+                content = message.get("content")
+                text = content if isinstance(content, str) else orjson.dumps(content).decode()
+                total += len(text) // 4 + 4
+            total += int(completion)
+        return total
+
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The full JSON body for a payload, as the live call and a batch line send it."""
         return {

@@ -1,0 +1,110 @@
+"""Fleet-wide rate limits and retries: two worker processes, one budget, the provider's word."""
+
+from __future__ import annotations
+
+import pytest
+
+from mitrailleuse.api import Mitrailleuse
+from tests.e2e.helpers import questions, results, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+#: Workers take the task's rate_limit block: no test-wide override.
+NO_OVERRIDES = {
+    f"MITRAILLEUSE_{provider}_{limit}": ""
+    for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
+    for limit in ("REQUESTS_PER_MINUTE", "MAX_IN_FLIGHT")
+}
+
+
+def max_in_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_two_workers_share_one_limit(tmp_path, tasks_dir, sim, start_worker):
+    limit = 1200
+    items = 1250  # a little over a minute at the limit
+    sim.configure(rpm=limit)
+    for _ in range(2):
+        start_worker(queues=["openai", "mitrailleuse"], concurrency=16, env=NO_OVERRIDES)
+    source = write_jsonl(tmp_path / "q.jsonl", questions(items))
+    config = {
+        "openai": {
+            "rate_limit": {"requests_per_minute": limit, "max_in_flight": 32},
+            "batch": {"batch_size": 50},
+        }
+    }
+    m = Mitrailleuse()
+    task = m.create_task("rl", "openai", "shared", config, [source])
+    progress = m.submit(task).wait(timeout=240)
+
+    assert progress.state == "completed" and progress.succeeded == items
+    assert [r["index"] for r in results(task)] == list(range(1, items + 1))
+    log = sim.log()
+    accepted = [e["t"] for e in log if e["status"] == 200]
+    rejected = [e for e in log if e["status"] == 429]
+    assert len(accepted) == items
+    assert max_in_window(accepted, 60.0) <= limit * 1.05
+    # a second's burst at most, then the steady rate: never a storm
+    assert max_in_window(accepted, 10.0) <= (limit / 6) * 1.05 + limit / 60
+    assert len(rejected) <= limit // 60, f"{len(rejected)} 429s"
+
+
+def test_retries_obey_retry_after_and_pause_the_fleet(tmp_path, tasks_dir, sim, start_worker):
+    for _ in range(2):
+        start_worker(queues=["openai", "mitrailleuse"], concurrency=8)
+    rows = [{"input_text": f"plain {n}"} for n in range(40)]
+    for n in range(0, 40, 8):
+        rows[n] = {"input_text": f"busy {n} [[fail-first:429]]"}
+        rows[n + 1] = {"input_text": f"broken {n} [[fail-first:500]]"}
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    config = {"openai": {"retry": {"initial_backoff_s": 0.1, "max_backoff_s": 0.5}}}
+    m = Mitrailleuse()
+    task = m.create_task("rl", "openai", "retry", config, [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed" and progress.succeeded == 40
+    records = {r["id"]: r for r in results(task)}
+    for n, row in enumerate(rows, start=1):
+        record = records[f"q.jsonl:{n}"]
+        if "[[fail-first" in row["input_text"]:
+            assert record["attempts"] >= 2, record
+        else:
+            assert record["attempts"] == 1
+    log = sorted(sim.log(), key=lambda e: e["t"])
+    throttled = [e for e in log if e["status"] == 429]
+    assert len(throttled) == 5
+    for event in throttled:
+        # Retry-After: 1 -> nobody in the fleet calls again for a second; calls already on the
+        # wire while the 429 travelled back (a few ms) are let through
+        react_s = 0.05
+        during = [
+            e["t"] - event["t"]
+            for e in log
+            if event["t"] + react_s < e["t"] < event["t"] + 0.95 and e["status"] != 429
+        ]
+        assert during == [], f"{len(during)} calls inside a Retry-After pause"
+        again = [e for e in log if e["texts"] == event["texts"] and e["t"] > event["t"]]
+        assert again and again[0]["t"] - event["t"] >= 0.95
+
+
+def test_exhausted_attempts_end_as_a_failed_record(tmp_path, tasks_dir, sim, start_worker):
+    start_worker()
+    rows = [{"input_text": "always broken [[status:503]]"}, {"input_text": "fine"}]
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    config = {
+        "openai": {"retry": {"max_attempts": 3, "initial_backoff_s": 0.05, "max_backoff_s": 0.1}}
+    }
+    m = Mitrailleuse()
+    task = m.create_task("rl", "openai", "exhaust", config, [source])
+    progress = m.submit(task).wait(timeout=60)
+    assert progress.state == "completed" and progress.failed == 1
+    bad = results(task)[0]
+    assert bad["attempts"] == 3 and bad["error"]["status_code"] == 503
+    assert sim.stats()["status_counts"]["503"] == 3
