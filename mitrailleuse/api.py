@@ -25,6 +25,8 @@ from mitrailleuse.credentials import scrub_config
 from mitrailleuse.pipeline import submitter
 from mitrailleuse.pipeline.assembler import part_path, read_records
 from mitrailleuse.pipeline.run_state import RunState, redis_client
+from mitrailleuse.providers import provider_class
+from mitrailleuse.ratelimit import Limits, Rates, RedisLimiter
 from mitrailleuse.taskfolder import (
     FINAL_STATES,
     Status,
@@ -96,6 +98,14 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run of {self.folder.path} not finished after {timeout}s")
             time.sleep(poll_s)
+
+    def rates(self) -> Rates:
+        """The fleet's live request and token rates for this task's provider, with its limits."""
+        name = self.folder.provider
+        section = self.folder.config().provider(name)
+        model = provider_class(name).model_name(section)
+        limits = Limits.resolve(name, section.rate_limit)
+        return RedisLimiter(self._redis, name, model, limits).rates()
 
     def cancel(self) -> None:
         """Stop dispatching: in-flight items finish, nothing new is sent."""

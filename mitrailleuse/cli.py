@@ -170,11 +170,14 @@ def _report(folder: TaskFolder, progress: Progress) -> NoReturn:
 @app.command()
 def status(task_path: Annotated[Path, typer.Argument(help="The task folder.")]) -> None:
     """A run's state and counts, live while it goes on."""
-    from mitrailleuse.display import summary_line
+    from mitrailleuse.display import rates_line, summary_line
 
     client = _client()
-    progress = client.get_run(client.task(task_path)).progress()
+    run = client.get_run(client.task(task_path))
+    progress = run.progress()
     out.print(summary_line(progress), highlight=False)
+    if not progress.finished:
+        out.print(f"fleet: {rates_line(run.rates())}", highlight=False)
 
 
 @app.command()

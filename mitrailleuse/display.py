@@ -17,6 +17,7 @@ from rich.progress import (
 
 from mitrailleuse.api import Progress as RunProgress
 from mitrailleuse.api import Run
+from mitrailleuse.ratelimit import Rates
 
 console = Console(stderr=True)
 
@@ -30,6 +31,7 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]:.1f} items/s"),
         TextColumn("[red]{task.fields[failed]} failed"),
+        TextColumn("{task.fields[limits]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -38,7 +40,9 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
     started = time.monotonic()
     with bar:
         current = run.progress()
-        task = bar.add_task("run", total=current.total, state=current.state, rate=0.0, failed=0)
+        task = bar.add_task(
+            "run", total=current.total, state=current.state, rate=0.0, failed=0, limits=""
+        )
         while True:
             current = run.progress()
             elapsed = max(time.monotonic() - started, 1e-6)
@@ -49,10 +53,21 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
                 state=current.state,
                 rate=current.done / elapsed,
                 failed=current.failed,
+                limits=rates_line(run.rates()),
             )
             if current.finished:
                 return current
             time.sleep(poll_s)
+
+
+def rates_line(rates: Rates) -> str:
+    """Live request and token rates against the limits: ``412/500 rpm 90k/200k tpm``."""
+    line = f"{rates.requests_per_minute:.0f}/{rates.limits.requests_per_minute} rpm"
+    if rates.limits.tokens_per_minute:
+        line += (
+            f" {rates.tokens_per_minute / 1000:.0f}k/{rates.limits.tokens_per_minute // 1000}k tpm"
+        )
+    return line
 
 
 def summary_line(progress: RunProgress) -> str:

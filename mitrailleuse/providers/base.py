@@ -108,8 +108,13 @@ class Provider(ABC):
 
     @property
     def model(self) -> str:
-        """The model name written into every record."""
-        return self.config.api_information.model
+        """The model name written into every record (and scoping the rate limits)."""
+        return self.model_name(self.config)
+
+    @classmethod
+    def model_name(cls, config: Any) -> str:
+        """The model a config selects, without building a client."""
+        return config.api_information.model
 
     @classmethod
     @abstractmethod

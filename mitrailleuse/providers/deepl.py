@@ -80,8 +80,8 @@ class DeepLProvider(Provider):
             else None
         )
 
-    @property
-    def model(self) -> str:
+    @classmethod
+    def model_name(cls, config: Any) -> str:
         """DeepL has no model choice: records say ``deepl``."""
         return "deepl"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from mitrailleuse.providers.openai import OpenAIProvider
 
@@ -33,15 +34,18 @@ class DeepSeekProvider(OpenAIProvider):
     base_url_variable = "DEEPSEEK_BASE_URL"
     default_base_url = "https://api.deepseek.com"
 
-    @property
-    def model(self) -> str:
-        """The configured model, unless it is an OpenAI model DeepSeek does not serve."""
-        configured = self.config.api_information.model
-        if _OPENAI_MODEL.match(configured):
+    def __init__(self, config: Any, api_key: str | None) -> None:
+        super().__init__(config, api_key)
+        configured = config.api_information.model
+        if self.model != configured:
             log.warning(
                 "deepseek.api_information.model %r is an OpenAI model; using %r",
                 configured,
-                DEFAULT_MODEL,
+                self.model,
             )
-            return DEFAULT_MODEL
-        return configured
+
+    @classmethod
+    def model_name(cls, config: Any) -> str:
+        """The configured model, unless it is an OpenAI model DeepSeek does not serve."""
+        configured = config.api_information.model
+        return DEFAULT_MODEL if _OPENAI_MODEL.match(configured) else configured

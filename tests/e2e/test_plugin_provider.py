@@ -31,8 +31,8 @@ class EchoProvider(Provider):
     key_variables = ("ECHO_API_KEY",)
     max_items_per_call = 4
 
-    @property
-    def model(self):
+    @classmethod
+    def model_name(cls, config):
         return "echo-1"
 
     @classmethod
