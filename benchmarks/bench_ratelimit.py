@@ -149,7 +149,7 @@ def main() -> None:
         token_items = int(args.tpm / 22 * args.seconds / 60)
         rows.append(scenario(bench, "redis limiter, tokens/min", 2, None, args.tpm, token_items))
     print_table(
-        f"rate limits: {args.rpm} requests/min, {args.tpm} tokens/min (simulator enforces the same)",
+        f"rate limits: {args.rpm} requests/min, {args.tpm} tokens/min (simulator: same)",
         rows,
     )
     if args.json:
