@@ -48,3 +48,12 @@ worker_concurrency = int(os.environ.get("MITRAILLEUSE_CONCURRENCY", "64"))
 worker_send_task_events = os.environ.get("MITRAILLEUSE_TASK_EVENTS", "0") == "1"
 task_send_sent_event = worker_send_task_events
 worker_hijack_root_logger = False
+
+# Beat polls the native batches; each batch is looked at only once its batch_check_time passed.
+beat_schedule = {
+    "poll-native-batches": {
+        "task": "mitrailleuse.poll_native_batches",
+        "schedule": float(os.environ.get("MITRAILLEUSE_BATCH_POLL_S", "5")),
+        "options": {"queue": CONTROL_QUEUE, "expires": 60},
+    }
+}

@@ -19,6 +19,8 @@ from typing import Any
 import redis
 
 from mitrailleuse import keys
+from mitrailleuse.batch.state import BatchState
+from mitrailleuse.batch.state import all_states as all_batch_states
 from mitrailleuse.broker import resolve_redis_url
 from mitrailleuse.config import Environment, ProviderName, TaskConfig, load_config, parse_config
 from mitrailleuse.credentials import scrub_config
@@ -98,6 +100,11 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run of {self.folder.path} not finished after {timeout}s")
             time.sleep(poll_s)
+
+    def batches(self) -> list[BatchState]:
+        """The run's native batches, with their provider status and request counts."""
+        run_id = self.run_id
+        return [s for s in all_batch_states(self.folder) if s.run_id == run_id]
 
     def rates(self) -> Rates:
         """The fleet's live request and token rates for this task's provider, with its limits."""

@@ -178,6 +178,10 @@ def status(task_path: Annotated[Path, typer.Argument(help="The task folder.")]) 
     out.print(summary_line(progress), highlight=False)
     if not progress.finished:
         out.print(f"fleet: {rates_line(run.rates())}", highlight=False)
+    if batches := run.batches():
+        from mitrailleuse.batch.state import summary
+
+        out.print(f"native batches: {summary(batches)}", highlight=False)
 
 
 @app.command()
@@ -224,11 +228,9 @@ def worker(
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO") -> None:
     """The scheduler that polls native batches (``celery -A mitrailleuse beat``)."""
-    from mitrailleuse.pipeline.fleet import celery_command
+    from mitrailleuse.pipeline.fleet import beat_command
 
-    schedule = Path(".mitrailleuse") / "beat-schedule"
-    schedule.parent.mkdir(exist_ok=True)
-    _exec(celery_command("beat", "--loglevel", loglevel, "--schedule", str(schedule)))
+    _exec(beat_command(loglevel))
 
 
 @app.command()

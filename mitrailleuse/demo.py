@@ -13,11 +13,15 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from mitrailleuse.config import TaskConfig
-from mitrailleuse.local import run_locally
+from mitrailleuse.api import Progress
+from mitrailleuse.config import BatchConfig, TaskConfig
+from mitrailleuse.local import local_broker, run_locally
 from mitrailleuse.pipeline.assembler import read_records
 from mitrailleuse.simulator.process import SimulatorProcess
+from mitrailleuse.taskfolder import TaskFolder
 
+#: Items of the native batch part of the demo.
+BATCH_ITEMS = 300
 #: Example input line, in the seed's shape.
 CAPITALS = ["France", "Japan", "Peru", "Kenya", "Canada", "Norway", "Egypt", "India"]
 
@@ -45,19 +49,46 @@ def run_demo(scratch: Path, items: int, console: Console) -> int:
                 "system_instruction": {"is_dynamic": True, "system_prompt": "instructions"},
                 "api_information": {"model": "gpt-4o-mini", "setting": {"temperature": 0}},
                 "batch": {"batch_size": 50},
+                # the simulator has no limit; a real account's goes here
+                "rate_limit": {
+                    "requests_per_minute": 60000,
+                    "tokens_per_minute": 10_000_000,
+                    "max_in_flight": 256,
+                },
             }
         }
     )
-    with SimulatorProcess("--latency-ms", "20") as simulator:
+    batch_config = config.model_copy(deep=True)
+    batch_config.openai.batch = BatchConfig(
+        is_batch_active=True, batch_size=100, batch_check_time=1
+    )
+    with (
+        local_broker(),
+        SimulatorProcess("--latency-ms", "20", "--batch-duration-s", "3") as simulator,
+    ):
         os.environ["OPENAI_BASE_URL"] = f"{simulator.url}/v1"
         os.environ.setdefault("OPENAI_API_KEY", "sk-demo-simulator")
-        console.print(f"simulator at {simulator.url}; {items} items to send")
+        os.environ.setdefault("MITRAILLEUSE_BATCH_POLL_S", "1")
+        console.print(f"simulator at {simulator.url}")
+        console.print(f"[bold]live: {items} items through the provider queue")
         folder, progress = run_locally("openai", [sample], config, "demo", "capitals")
-        calls = simulator.stats()["chat_requests"]
-    console.print(
-        f"{progress.state}: {progress.succeeded}/{progress.total} succeeded, {calls} calls"
-    )
+        _show(console, folder, progress, f"{simulator.stats()['chat_requests']} calls")
+        console.print(
+            f"[bold]native batch: {BATCH_ITEMS} items through /v1/batches, polled by beat"
+        )
+        batch_sample = write_sample(scratch / "batch.jsonl", BATCH_ITEMS)
+        batch_folder, batch_progress = run_locally(
+            "openai", [batch_sample], batch_config, "demo", "capitals-batch"
+        )
+        _show(
+            console, batch_folder, batch_progress, f"{simulator.stats()['batches_created']} batches"
+        )
+    ok = all(p.state == "completed" and p.failed == 0 for p in (progress, batch_progress))
+    return 0 if ok else 1
+
+
+def _show(console: Console, folder: TaskFolder, progress: Progress, calls: str) -> None:
+    console.print(f"{progress.state}: {progress.succeeded}/{progress.total} succeeded, {calls}")
     console.print(f"results: {folder.results_path}")
     for record in islice(read_records(folder.results_path), 3):
         console.print(f"  {record['id']}: {record['output']!r}", highlight=False)
-    return 0 if progress.state == "completed" and progress.failed == 0 else 1

@@ -9,14 +9,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from mitrailleuse.api import Progress as RunProgress
 from mitrailleuse.api import Run
+from mitrailleuse.batch.state import summary
 from mitrailleuse.ratelimit import Rates
 
 console = Console(stderr=True)
@@ -26,13 +25,11 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
     """Show the run's progress until it ends: done/total, rate, failures, ETA."""
     bar = Progress(
         TextColumn("[bold]{task.fields[state]}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]:.1f} items/s"),
+        TextColumn("{task.fields[rate]:.0f}/s"),
         TextColumn("[red]{task.fields[failed]} failed"),
         TextColumn("{task.fields[limits]}"),
-        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=False,
@@ -46,14 +43,16 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
         while True:
             current = run.progress()
             elapsed = max(time.monotonic() - started, 1e-6)
+            batch_mode = run.status().mode == "batch"
+            batches = run.batches() if batch_mode else []
             bar.update(
                 task,
                 completed=current.done,
                 total=current.total,
-                state=current.state,
+                state=f"{current.state} [{summary(batches)}]" if batches else current.state,
                 rate=current.done / elapsed,
                 failed=current.failed,
-                limits=rates_line(run.rates()),
+                limits="" if batch_mode else rates_line(run.rates()),
             )
             if current.finished:
                 return current

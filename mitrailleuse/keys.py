@@ -65,3 +65,13 @@ def limit(scope: str, budget: str) -> str:
 def rate_counters(scope: str, minute: int) -> str:
     """Hash: requests (``r<second>``) and tokens (``t<second>``) sent in one minute."""
     return f"{PREFIX}:rate:{scope}:{minute}"
+
+
+def native_batches() -> str:
+    """Set: ``<task path>|<batch number>`` of every native batch beat must poll."""
+    return f"{PREFIX}:native-batches"
+
+
+def poll_lock() -> str:
+    """Lock: held by the one ``poll_native_batches`` running."""
+    return f"{PREFIX}:native-batches:poll-lock"

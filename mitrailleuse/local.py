@@ -16,7 +16,7 @@ from mitrailleuse.broker import EmbeddedRedis, default_home
 from mitrailleuse.config import Environment, ProviderName, TaskConfig
 from mitrailleuse.credentials import scrub_config
 from mitrailleuse.display import follow
-from mitrailleuse.pipeline.fleet import queues_served, start_worker, stop_worker
+from mitrailleuse.pipeline.fleet import queues_served, start_beat, start_worker, stop_child
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.taskfolder import TaskFolder
 
@@ -38,16 +38,24 @@ def local_broker() -> Iterator[None]:
 
 
 @contextmanager
-def local_worker(provider: str, concurrency: int | None, env: Mapping[str, str]) -> Iterator[None]:
-    """Start a child worker for ``provider`` and the control queue unless one serves them."""
-    child = None
+def local_worker(
+    provider: str, concurrency: int | None, env: Mapping[str, str], beat: bool = False
+) -> Iterator[None]:
+    """Start a child worker for ``provider`` and the control queue unless one serves them.
+
+    With ``beat``, a child beat too (native batches are polled by beat): a second beat on the
+    same broker would only poll twice, which the poll lock makes harmless.
+    """
+    children = []
     if {provider, CONTROL_QUEUE} - queues_served():
-        child = start_worker([provider, CONTROL_QUEUE], concurrency, env=env)
+        children.append(start_worker([provider, CONTROL_QUEUE], concurrency, env=env))
+    if beat:
+        children.append(start_beat(env=env))
     try:
         yield
     finally:
-        if child is not None:
-            stop_worker(child)
+        for child in children:
+            stop_child(child)
 
 
 def run_locally(
@@ -64,5 +72,6 @@ def run_locally(
     with local_broker():
         client = Mitrailleuse()
         folder = client.create_task(user_id, api, task_name, config, inputs)
-        with local_worker(api, concurrency, literal_keys):
+        batch = config.provider(api).batch.is_batch_active
+        with local_worker(api, concurrency, literal_keys, beat=batch):
             return folder, follow(client.submit(folder))

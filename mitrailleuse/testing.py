@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from mitrailleuse.broker import redis_server_binary
-from mitrailleuse.pipeline.fleet import worker_command
+from mitrailleuse.pipeline.fleet import celery_command, worker_command
 
 
 def free_port() -> int:
@@ -117,3 +117,22 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(value) for value in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class BeatProcess:
+    """``celery -A mitrailleuse beat`` in a child process, its schedule in ``home``."""
+
+    def __init__(self, env: Mapping[str, str], home: Path, cwd: Path | None = None) -> None:
+        schedule = home / "beat-schedule"
+        command = celery_command("beat", "--loglevel", "WARNING", "--schedule", str(schedule))
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGKILL: a crash)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

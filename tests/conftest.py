@@ -19,7 +19,7 @@ import pytest
 
 from mitrailleuse.broker import redis_server_binary
 from mitrailleuse.simulator.process import SimulatorProcess
-from mitrailleuse.testing import RedisServer, WorkerProcess
+from mitrailleuse.testing import BeatProcess, RedisServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 #: A key the secrets tests search for everywhere; recognisable, and never a real one.
@@ -136,3 +136,19 @@ def tasks_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def pytest_report_header() -> str:
     return f"python {sys.version.split()[0]}; redis-server {redis_server_binary()}"
+
+
+@pytest.fixture
+def start_beat(fleet_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., BeatProcess]]:
+    """Start beat processes polling native batches every half second; stopped afterwards."""
+    started: list[BeatProcess] = []
+
+    def start() -> BeatProcess:
+        env = {**fleet_env, "MITRAILLEUSE_BATCH_POLL_S": "0.5"}
+        beat = BeatProcess(env, tmp_path, cwd=REPO)
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

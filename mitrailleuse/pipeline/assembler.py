@@ -46,8 +46,12 @@ def carry_over(folder: TaskFolder, part: int, run: RunState) -> set[str]:
     return {record["id"] for record in records}
 
 
-def write_part(run: RunState, part: int) -> None:
-    """Move chunk ``part``'s records from Redis to its part file, merged with earlier ones."""
+def write_part(run: RunState, part: int, final: bool = True) -> None:
+    """Move chunk ``part``'s records from Redis to its part file, merged with earlier ones.
+
+    ``final`` marks the chunk done; a native batch whose missing items were sent again writes
+    what it has without it, and the re-sent batch finishes the chunk.
+    """
     folder = TaskFolder(Path(run.get("task_path") or ""))
     path = part_path(folder, part)
     merged = {record["id"]: record for record in run.part_records(part)}
@@ -56,8 +60,10 @@ def write_part(run: RunState, part: int) -> None:
     ordered = sorted(merged.values(), key=lambda r: (r["input_file"], r["index"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, b"".join(orjson.dumps(record) + b"\n" for record in ordered))
-    run.mark_done(part)
     run.drop_part_records(part)
+    if not final:
+        return
+    run.mark_done(part)
     run.redis.publish(keys.events(run.run_id), f"part:{part}")
     folder.update_status(counts=Counts(**run.counts()))
 

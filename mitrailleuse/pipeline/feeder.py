@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis.exceptions
 
 from mitrailleuse import keys
+from mitrailleuse.batch.submit import MAX_REQUESTS, BatchWriter
 from mitrailleuse.config import TaskConfig
 from mitrailleuse.inputs import Item, iter_items
 from mitrailleuse.pipeline import assembler
@@ -53,8 +54,14 @@ class Chunk:
         return sum(len(call) for call in self.calls)
 
 
-#: Sends a chunk to the workers (a chord, or the callback alone when no item needs a call).
-SendChunk = Callable[[RunState, Chunk], None]
+class Dispatcher(Protocol):
+    """How chunks leave the feeder: Celery in production (``pipeline.tasks``)."""
+
+    def send_chunk(self, run: RunState, chunk: Chunk) -> None:
+        """Send a chunk's calls to the workers (the callback alone when it has none)."""
+
+    def send_batch(self, run: RunState, number: int) -> None:
+        """Have a written native batch uploaded and created."""
 
 
 def group_calls(
@@ -108,13 +115,13 @@ def build_chunk(
     return Chunk(part, group_calls(provider, messages))
 
 
-def feed_slice(run: RunState, send_chunk: SendChunk, slice_s: float = SLICE_S) -> bool:
+def feed_slice(run: RunState, dispatcher: Dispatcher, slice_s: float = SLICE_S) -> bool:
     """Dispatch chunks for up to ``slice_s``; True when another slice must follow."""
     lock = run.redis.lock(keys.feed_lock(run.run_id), timeout=max(60.0, 4 * slice_s))
     if not lock.acquire(blocking=False):
         return False
     try:
-        return _feed(run, send_chunk, lock, time.monotonic() + slice_s)
+        return _feed(run, dispatcher, lock, time.monotonic() + slice_s)
     finally:
         try:
             lock.release()
@@ -122,7 +129,7 @@ def feed_slice(run: RunState, send_chunk: SendChunk, slice_s: float = SLICE_S) -
             log.warning("run %s: the feed lock expired while feeding", run.run_id)
 
 
-def _feed(run: RunState, send_chunk: SendChunk, lock: Any, deadline: float) -> bool:
+def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> bool:
     info = run.info()
     if info.get("exhausted") == "1" or run.cancelled:
         return False
@@ -133,19 +140,28 @@ def _feed(run: RunState, send_chunk: SendChunk, lock: Any, deadline: float) -> b
     if info.get("state") == "queued":
         run.set(state="running")
         folder.update_status(state="running")
+    writer = _batch_writer(run, folder, config, info)
     stream = iter_items(folder.input_files(), run.cursor(), limit)
     part = run.next_part()
     while True:
         if run.cancelled:
             return False
-        if run.parts_in_flight() >= window_parts:
-            if time.monotonic() > deadline:
+        out_of_time = time.monotonic() > deadline
+        if writer is None and run.parts_in_flight() >= window_parts:
+            if out_of_time:
                 return True
             time.sleep(POLL_S)
             lock.reacquire()
             continue
+        if writer is not None and out_of_time:
+            _send_closed(run, dispatcher, writer.close())
+            return True
         taken = list(islice(stream, batch_size))
         if not taken:
+            if writer is not None:
+                _send_closed(run, dispatcher, writer.close())
+                run.set(state="batch_submitted")
+                folder.update_status(state="batch_submitted")
             run.set(exhausted=1, parts_total=part)
             assembler.finish_if_complete(run)
             return False
@@ -153,6 +169,29 @@ def _feed(run: RunState, send_chunk: SendChunk, lock: Any, deadline: float) -> b
         recorded = assembler.carry_over(folder, part, run)
         chunk = build_chunk(run, part, items, config, recorded)
         run.mark_dispatched(part)
-        send_chunk(run, chunk)
+        messages = [message for call in chunk.calls for message in call]
+        if writer is None or not messages:
+            dispatcher.send_chunk(run, Chunk(part) if writer is not None else chunk)
+        else:
+            _send_closed(run, dispatcher, writer.add(part, messages))
         run.advance(taken[-1][1], part + 1)
         part += 1
+
+
+def _batch_writer(
+    run: RunState, folder: TaskFolder, config: TaskConfig, info: dict[str, str]
+) -> BatchWriter | None:
+    """A writer of native batch files when the run is in batch mode."""
+    if info.get("mode") != "batch":
+        return None
+    name = run.provider
+    section = config.provider(name)
+    provider = provider_class(name)(section, None)
+    batch_size = int(info["batch_size"])
+    per_batch = max(1, MAX_REQUESTS // batch_size) if section.batch.combine_batches else 1
+    return BatchWriter(run, folder, provider, per_batch)
+
+
+def _send_closed(run: RunState, dispatcher: Dispatcher, number: int | None) -> None:
+    if number is not None:
+        dispatcher.send_batch(run, number)

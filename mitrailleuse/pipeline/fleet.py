@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mitrailleuse.pipeline.app import app
 
@@ -52,8 +53,21 @@ def start_worker(
     return subprocess.Popen(command, env={**os.environ, **(env or {})})
 
 
-def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Warm shutdown (in-flight calls finish), then kill if it does not exit."""
+def beat_command(loglevel: str = "INFO", quiet: bool = False) -> list[str]:
+    """The command line of beat, its schedule file under ``.mitrailleuse/``."""
+    schedule = Path(".mitrailleuse") / "beat-schedule"
+    schedule.parent.mkdir(exist_ok=True)
+    return celery_command("beat", "--loglevel", loglevel, "--schedule", str(schedule), quiet=quiet)
+
+
+def start_beat(env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child beat."""
+    command = beat_command("WARNING", quiet=True)
+    return subprocess.Popen(command, env={**os.environ, **(env or {})})
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Warm shutdown (in-flight calls finish), then kill if it does not exit in time."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)

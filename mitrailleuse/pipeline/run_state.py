@@ -137,6 +137,14 @@ class RunState:
             },
         )
 
+    def next_batch_number(self) -> int:
+        """A new native batch number, unique in the task folder across runs."""
+        return int(self.get("batch_base") or 0) + self.redis.hincrby(self.key, "batches", 1) - 1
+
+    def part_of(self, ordinal: int) -> int:
+        """The chunk an item belongs to."""
+        return ordinal // int(self.get("batch_size") or 1)
+
     def next_part(self) -> int:
         """The number of the next chunk to dispatch."""
         return int(self.get("next_part") or 0)

@@ -10,6 +10,7 @@ feeder again instead.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -17,11 +18,15 @@ import uuid
 import orjson
 import redis
 
+from mitrailleuse.batch.state import all_states as batch_states
 from mitrailleuse.inputs import count_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.providers import provider_class
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, now
+
+log = logging.getLogger(__name__)
 
 #: How long ``submit`` waits for a cancelled run's in-flight items before resuming.
 DRAIN_TIMEOUT_S = 120.0
@@ -53,21 +58,25 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     limit = sampling.sample_size if sampling.enable_sampling else None
     total = count_items(folder.input_files(), limit)
     batch_size = section.batch.batch_size
+    mode = _mode(provider, section.batch.is_batch_active)
     run = RunState(client, uuid.uuid4().hex)
     run.create(
         {
             "task_path": str(folder.path.resolve()),
             "provider": provider,
+            "mode": mode,
             "total": total,
             "batch_size": batch_size,
             "window_parts": max(1, math.ceil(config.general.max_items_in_flight / batch_size)),
             "limit": limit or "",
+            "batch_base": _next_batch_number(folder),
         },
         orjson.dumps(config.model_dump(mode="json")),
     )
     folder.update_status(
         state="queued",
         run_id=run.run_id,
+        mode=mode,
         counts=Counts(total=total),
         started_at=now(),
         finished_at=None,
@@ -84,8 +93,28 @@ def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
         return run
     run.cancel()
     folder.update_status(state="cancelled", counts=Counts(**run.counts()))
+    if run.get("mode") == "batch":
+        from mitrailleuse.pipeline.tasks import cancel_native_batches
+
+        cancel_native_batches.apply_async((run.run_id,), queue=CONTROL_QUEUE)
     assembler.finish_if_complete(run)
     return run
+
+
+def _mode(provider: str, batch_wanted: bool) -> str:
+    """``batch`` when asked for and the provider has a native batch API, else ``realtime``."""
+    if not batch_wanted:
+        return "realtime"
+    if provider_class(provider).supports_native_batch:
+        return "batch"
+    log.warning("%s has no native batch API: is_batch_active runs the live path", provider)
+    return "realtime"
+
+
+def _next_batch_number(folder: TaskFolder) -> int:
+    """Native batch numbers go on from the task's earlier runs, so no file is overwritten."""
+    numbers = [state.number for state in batch_states(folder)]
+    return max(numbers, default=-1) + 1
 
 
 def _drain(run: RunState) -> None:

@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Task, chord
 
+from mitrailleuse.batch.poll import cancel_all, poll_all
+from mitrailleuse.batch.submit import submit as batch_submit
 from mitrailleuse.errors import MitrailleuseError
 from mitrailleuse.pipeline import assembler, feeder
 from mitrailleuse.pipeline.app import app
-from mitrailleuse.pipeline.caller import call_group
+from mitrailleuse.pipeline.caller import call_group, context_for
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState, redis_client
+from mitrailleuse.taskfolder import TaskFolder
 
 
 def run_state(run_id: str) -> RunState:
@@ -44,7 +48,7 @@ def feed(run_id: str) -> None:
     """Dispatch a slice of the run's chunks, then hand over to the next slice."""
     run = run_state(run_id)
     try:
-        more = feeder.feed_slice(run, send_chunk)
+        more = feeder.feed_slice(run, CeleryDispatcher())
     except MitrailleuseError as error:
         assembler.fail_run(run, str(error))
         return
@@ -60,22 +64,58 @@ def assemble_part(run_id: str, part: int) -> None:
     assembler.finish_if_complete(run)
 
 
-def send_chunk(run: RunState, chunk: feeder.Chunk) -> None:
-    """A chord of one ``call`` per call group, whose callback writes the chunk."""
-    callback = assemble_part.si(run.run_id, chunk.part).set(queue=CONTROL_QUEUE)
-    if not chunk.calls:
-        callback.apply_async()
-        return
-    provider = run.provider
-    header = [
-        call.si(run.run_id, chunk.part, items).set(
-            queue=provider,
-            argsrepr=describe(run.run_id, provider, items),
-            kwargsrepr="{}",
-        )
-        for items in chunk.calls
-    ]
-    chord(header)(callback)
+@app.task(name="mitrailleuse.submit_native_batch", ignore_result=True)
+def submit_native_batch(run_id: str, number: int) -> None:
+    """Upload a written native batch and create it (each step recorded, resumable)."""
+    run = run_state(run_id)
+    context = context_for(run)
+    section = context.config.provider(run.provider)
+    folder = TaskFolder(Path(run.get("task_path") or ""))
+    batch_submit(
+        folder,
+        number,
+        context.provider.client,
+        section.batch.completion_window,
+        section.batch.batch_check_time,
+    )
+
+
+@app.task(name="mitrailleuse.poll_native_batches", ignore_result=True)
+def poll_native_batches() -> int:
+    """Beat's entry: follow every native batch whose check time has come."""
+    return poll_all(redis_client(app.conf.broker_url))
+
+
+@app.task(name="mitrailleuse.cancel_native_batches", ignore_result=True)
+def cancel_native_batches(run_id: str) -> int:
+    """Ask the provider to cancel a cancelled run's batches."""
+    run = run_state(run_id)
+    return cancel_all(run, TaskFolder(Path(run.get("task_path") or "")))
+
+
+class CeleryDispatcher:
+    """Sends the feeder's chunks and batches as Celery messages."""
+
+    def send_chunk(self, run: RunState, chunk: feeder.Chunk) -> None:
+        """A chord of one ``call`` per call group, whose callback writes the chunk."""
+        callback = assemble_part.si(run.run_id, chunk.part).set(queue=CONTROL_QUEUE)
+        if not chunk.calls:
+            callback.apply_async()
+            return
+        provider = run.provider
+        header = [
+            call.si(run.run_id, chunk.part, items).set(
+                queue=provider,
+                argsrepr=describe(run.run_id, provider, items),
+                kwargsrepr="{}",
+            )
+            for items in chunk.calls
+        ]
+        chord(header)(callback)
+
+    def send_batch(self, run: RunState, number: int) -> None:
+        """Have the control queue upload and create native batch ``number``."""
+        submit_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
 
 
 def describe(run_id: str, provider: str, items: list[dict[str, Any]]) -> str:

@@ -1,0 +1,182 @@
+"""Native batches, second half: poll them from beat, collect their files into records.
+
+Beat runs the ``poll_native_batches`` task every few seconds; :func:`poll_all` (under a lock,
+so two polls never overlap) looks at each tracked batch whose ``batch_check_time`` has passed,
+re-drives a submission a crash interrupted, follows the provider's status, and collects a batch
+that ended: output and error files are downloaded into ``outputs/batches/``, each line mapped
+back to its item by ``custom_id``, and items missing from both files (or from an expired or
+failed batch) are sent once more in a new batch, then fail with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import redis
+
+from mitrailleuse import keys
+from mitrailleuse.batch import state as batches
+from mitrailleuse.batch.submit import downloaded, submit, write_retry_batch
+from mitrailleuse.pipeline import assembler
+from mitrailleuse.pipeline.caller import context_for
+from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.providers import ProviderError
+from mitrailleuse.records import ItemRef, failed, succeeded
+from mitrailleuse.taskfolder import TaskFolder
+
+log = logging.getLogger(__name__)
+
+#: A submission still not ``created`` this long after its last step is re-driven by the poll.
+STALE_SUBMISSION_S = 60.0
+
+
+def poll_all(client: redis.Redis) -> int:
+    """Poll every due batch once; returns how many were looked at."""
+    lock = client.lock(keys.poll_lock(), timeout=600)
+    if not lock.acquire(blocking=False):
+        return 0
+    try:
+        looked = 0
+        for folder, number in batches.tracked(client):
+            try:
+                looked += poll_one(client, folder, number)
+            except Exception:  # one broken batch must not stop the others' polling
+                log.exception("polling batch %s of %s failed; trying again later", number, folder)
+        return looked
+    finally:
+        lock.release()
+
+
+def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
+    """Poll one batch if its check time has come."""
+    if not batches.state_path(folder, number).exists():
+        batches.untrack(client, folder, number)
+        return 0
+    state = batches.load(folder, number)
+    if not batches.due(state):
+        return 0
+    run = RunState(client, state.run_id)
+    context = context_for(run)
+    section = context.config.provider(run.provider)
+    openai = context.provider.client
+    if state.step != "created":
+        age = time.time() - batches.state_path(folder, number).stat().st_mtime
+        if state.step == "written" or age > STALE_SUBMISSION_S:
+            submit(
+                folder,
+                number,
+                openai,
+                section.batch.completion_window,
+                section.batch.batch_check_time,
+            )
+        return 1
+    batch = openai.batches.retrieve(state.batch_id)
+    counts = batch.request_counts
+    state.raw_status = batch.status
+    state.request_counts = counts.model_dump() if counts is not None else {}
+    state.output_file_id, state.error_file_id = batch.output_file_id, batch.error_file_id
+    state.next_check_at = time.time() + section.batch.batch_check_time
+    batches.save(folder, state)
+    if batch.status in batches.FINAL_RAW:
+        collect(run, folder, state, context.provider)
+    return 1
+
+
+def collect(run: RunState, folder: TaskFolder, state: batches.BatchState, provider: Any) -> None:
+    """Turn an ended batch's files into one record per item; resend the missing ones once."""
+    openai = provider.client
+    refs: dict[str, ItemRef] = {}
+    with batches.items_path(folder, state.number).open("rb") as handle:
+        for line in handle:
+            item_id, input_file, index, ordinal = orjson.loads(line)
+            refs[item_id] = ItemRef(item_id, input_file, index, ordinal)
+    attempts = 1 if state.retry_of is None else 2
+    records: dict[str, dict[str, Any]] = {}
+    for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
+        path = downloaded(openai, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
+        if path is None:
+            continue
+        with path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    entry = orjson.loads(line)
+                    ref = refs.get(entry.get("custom_id"))
+                    if ref is not None and ref.id not in records:
+                        records[ref.id] = _record(ref, entry, provider, attempts)
+    missing = {item_id for item_id in refs if item_id not in records}
+    retry_parts: set[int] = set()
+    if missing and not run.cancelled:
+        if state.retry_of is None:
+            parts = sorted({run.part_of(refs[i].ordinal) for i in missing})
+            write_retry_batch(run, folder, state, missing, parts)
+            retry_parts = set(parts)
+        else:
+            error = {
+                "type": f"batch_{state.raw_status}"
+                if state.raw_status != "completed"
+                else "batch_missing",
+                "message": f"not in the results of batch {state.batch_id} ({state.raw_status}), "
+                f"after one re-submission",
+                "status_code": None,
+            }
+            for item_id in missing:
+                records[item_id] = failed(
+                    refs[item_id], provider.name, provider.model, error, attempts, mode="batch"
+                )
+    by_part: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for item_id, record in records.items():
+        ordinal = refs[item_id].ordinal
+        by_part[run.part_of(ordinal)].append((ordinal, record))
+    for part in sorted(set(state.parts) | set(by_part)):
+        run.store_records(part, by_part.get(part, []))
+        assembler.write_part(run, part, final=part not in retry_parts)
+    state.step = "collected"
+    batches.save(folder, state)
+    batches.untrack(run.redis, folder, state.number)
+    assembler.finish_if_complete(run)
+
+
+def _record(ref: ItemRef, entry: dict[str, Any], provider: Any, attempts: int) -> dict[str, Any]:
+    response = entry.get("response") or {}
+    status = response.get("status_code")
+    body = response.get("body") or {}
+    if status == 200 and not entry.get("error"):
+        try:
+            answer = provider.parse(orjson.dumps(body))
+        except ProviderError as error:
+            return failed(
+                ref, provider.name, provider.model, error.as_record_error(), attempts, mode="batch"
+            )
+        return succeeded(
+            ref, provider.name, provider.model, answer, attempts, latency_ms=0, mode="batch"
+        )
+    detail = (body.get("error") or {}) if isinstance(body, dict) else {}
+    error = entry.get("error") or {}
+    message = detail.get("message") or error.get("message") or f"status {status}"
+    record_error = {
+        "type": f"http_{status}" if status else "batch_error",
+        "message": message,
+        "status_code": status,
+    }
+    return failed(ref, provider.name, provider.model, record_error, attempts, mode="batch")
+
+
+def cancel_all(run: RunState, folder: TaskFolder) -> int:
+    """Ask the provider to cancel the run's batches that have not ended; returns how many."""
+    openai = context_for(run).provider.client
+    cancelled = 0
+    for state in batches.all_states(folder):
+        if (
+            state.run_id == run.run_id
+            and state.batch_id
+            and state.raw_status not in batches.FINAL_RAW
+        ):
+            openai.batches.cancel(state.batch_id)
+            state.next_check_at = 0.0
+            batches.save(folder, state)
+            cancelled += 1
+    return cancelled

@@ -1,0 +1,166 @@
+"""Native batches, first half: write the request files, upload them, create the batches.
+
+In batch mode the feeder hands each chunk to a :class:`BatchWriter` instead of sending it to
+the workers; a full batch file is handed to the ``submit_native_batch`` control task, which
+calls :func:`submit`. Each step is recorded before and after it happens, and a batch found in
+step ``creating`` is looked up at the provider (by its input file) before one is created, so a
+crash never creates the same batch twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from mitrailleuse.batch import state as batches
+from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.taskfolder import TaskFolder
+
+log = logging.getLogger(__name__)
+
+#: The Batch API's limits on one batch.
+MAX_REQUESTS = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+#: The endpoint every request line targets.
+ENDPOINT = "/v1/chat/completions"
+#: How many of the provider's batches are searched for one created before a crash.
+LOOKUP_LIMIT = 1000
+
+
+class BatchWriter:
+    """Writes chunks' request lines into batch files of up to ``parts_per_batch`` chunks."""
+
+    def __init__(
+        self, run: RunState, folder: TaskFolder, provider: Any, parts_per_batch: int
+    ) -> None:
+        self.run, self.folder, self.provider = run, folder, provider
+        self.parts_per_batch = parts_per_batch
+        self._open: tuple[int, BinaryIO, BinaryIO] | None = None
+        self._parts: list[int] = []
+        self._requests = 0
+        self._bytes = 0
+
+    def add(self, part: int, messages: list[dict[str, Any]]) -> int | None:
+        """Add a chunk's requests; returns the number of a batch it closed, if any."""
+        lines = [self._line(m) for m in messages]
+        size = sum(len(line) for line in lines)
+        closed = None
+        too_big = self._requests + len(lines) > MAX_REQUESTS or self._bytes + size > MAX_BYTES
+        if self._open is not None and (len(self._parts) >= self.parts_per_batch or too_big):
+            closed = self.close()
+        if self._open is None:
+            number = self.run.next_batch_number()
+            self.folder.batches_dir.mkdir(parents=True, exist_ok=True)
+            self._open = (
+                number,
+                batches.input_path(self.folder, number).open("wb"),
+                batches.items_path(self.folder, number).open("wb"),
+            )
+        _, requests_file, items_file = self._open
+        requests_file.writelines(lines)
+        items_file.writelines(
+            orjson.dumps([m["id"], m["input_file"], m["index"], m["ordinal"]]) + b"\n"
+            for m in messages
+        )
+        self._parts.append(part)
+        self._requests += len(lines)
+        self._bytes += size
+        return closed
+
+    def close(self) -> int | None:
+        """Close the open batch file and record it as written; returns its number."""
+        if self._open is None:
+            return None
+        number, requests_file, items_file = self._open
+        requests_file.close()
+        items_file.close()
+        state = batches.BatchState(
+            run_id=self.run.run_id, number=number, items=self._requests, parts=self._parts
+        )
+        batches.save(self.folder, state)
+        batches.track(self.run.redis, self.folder, number)
+        self._open, self._parts, self._requests, self._bytes = None, [], 0, 0
+        return number
+
+    def _line(self, message: dict[str, Any]) -> bytes:
+        body = self.provider.request_body(message["request"])
+        line = {"custom_id": message["id"], "method": "POST", "url": ENDPOINT, "body": body}
+        return orjson.dumps(line) + b"\n"
+
+
+def write_retry_batch(
+    run: RunState, folder: TaskFolder, of: batches.BatchState, item_ids: set[str], parts: list[int]
+) -> int:
+    """A new batch of only ``item_ids`` of batch ``of``: their lines copied as they were."""
+    number = run.next_batch_number()
+    count = 0
+    with (
+        batches.input_path(folder, of.number).open("rb") as source,
+        batches.items_path(folder, of.number).open("rb") as source_items,
+        batches.input_path(folder, number).open("wb") as target,
+        batches.items_path(folder, number).open("wb") as target_items,
+    ):
+        for line, item_line in zip(source, source_items, strict=True):
+            if orjson.loads(item_line)[0] in item_ids:
+                target.write(line)
+                target_items.write(item_line)
+                count += 1
+    state = batches.BatchState(
+        run_id=run.run_id, number=number, items=count, parts=parts, retry_of=of.number
+    )
+    batches.save(folder, state)
+    batches.track(run.redis, folder, number)
+    return number
+
+
+def submit(
+    folder: TaskFolder, number: int, client: Any, completion_window: str, check_s: float
+) -> None:
+    """Upload a batch's file and create the batch, resuming from whichever step was recorded."""
+    state = batches.load(folder, number)
+    if state.step in ("written", "uploading"):
+        state.step = "uploading"
+        batches.save(folder, state)
+        with batches.input_path(folder, number).open("rb") as handle:
+            uploaded = client.files.create(file=(f"{state.name}.jsonl", handle), purpose="batch")
+        state.file_id, state.step = uploaded.id, "uploaded"
+        batches.save(folder, state)
+    if state.step in ("uploaded", "creating"):
+        found = _created_before(client, state.file_id) if state.step == "creating" else None
+        state.step = "creating"
+        batches.save(folder, state)
+        created = found or client.batches.create(
+            input_file_id=state.file_id,
+            endpoint=ENDPOINT,
+            completion_window=completion_window,
+            metadata={"mitrailleuse_run": state.run_id, "mitrailleuse_batch": str(number)},
+        )
+        state.batch_id, state.raw_status, state.step = created.id, created.status, "created"
+        state.next_check_at = time.time() + check_s
+        batches.save(folder, state)
+
+
+def _created_before(client: Any, file_id: str | None) -> Any:
+    """The provider's batch for ``file_id``, if a crash hid its creation from us."""
+    for seen, batch in enumerate(client.batches.list(limit=100)):
+        if batch.input_file_id == file_id:
+            log.info("batch %s for file %s was created before a restart", batch.id, file_id)
+            return batch
+        if seen >= LOOKUP_LIMIT:
+            break
+    return None
+
+
+def downloaded(client: Any, file_id: str | None, path: Path) -> Path | None:
+    """Download a provider file once (kept in ``outputs/batches/``)."""
+    if file_id is None:
+        return None
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(client.files.content(file_id).content)
+        tmp.replace(path)
+    return path

@@ -1,0 +1,112 @@
+"""OpenAI's native Batch API end to end: real beat, real worker, the simulator's /v1/batches."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from mitrailleuse.api import Mitrailleuse
+from mitrailleuse.batch.state import all_states
+from mitrailleuse.simulator import chat_answer
+from tests.e2e.helpers import results, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+BATCH = {"is_batch_active": True, "batch_size": 20, "batch_check_time": 0.5}
+
+
+def batch_config(**extra):
+    return {"openai": {"batch": {**BATCH, **extra}}}
+
+
+def expected(row):
+    return chat_answer([{"role": "user", "content": row["input_text"]}])
+
+
+def test_multi_batch_run_maps_every_line_back(tmp_path, tasks_dir, sim, start_worker, start_beat):
+    sim.configure(batch_duration_s=1.5)
+    start_worker(queues=["mitrailleuse"])
+    start_beat()
+    rows = [{"input_text": f"batched {n}"} for n in range(95)]
+    rows[13] = {"input_text": "refused [[status:400]]"}
+    rows[77] = {"input_text": "refused too [[status:400]]"}
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    m = Mitrailleuse()
+    task = m.create_task("nb", "openai", "multi", batch_config(), [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed"
+    records = results(task)
+    assert [r["index"] for r in records] == list(range(1, 96))
+    for row, record in zip(rows, records, strict=True):
+        assert record["mode"] == "batch"
+        if "[[status:400]]" in row["input_text"]:
+            assert record["status"] == "failed" and record["error"]["status_code"] == 400
+        else:
+            assert record["status"] == "succeeded" and record["output"] == expected(row)
+    stats = sim.stats()
+    assert stats["batches_created"] == 5 and stats["files_uploaded"] == 5
+    assert stats["chat_requests"] == 0
+    assert len(list(task.batches_dir.glob("batch-*-output.jsonl"))) == 5
+    assert len(list(task.batches_dir.glob("batch-*-errors.jsonl"))) == 2
+    assert all(state.step == "collected" for state in all_states(task))
+    assert task.status().mode == "batch"
+
+
+def test_killed_worker_and_beat_resume_without_creating_twice(
+    tmp_path, tasks_dir, sim, start_worker, start_beat
+):
+    sim.configure(batch_duration_s=6)
+    worker = start_worker(queues=["mitrailleuse"])
+    beat = start_beat()
+    rows = [{"input_text": f"survivor {n}"} for n in range(60)]
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    m = Mitrailleuse()
+    task = m.create_task("nb", "openai", "crash", batch_config(), [source])
+    run = m.submit(task)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = all_states(task)
+        if len(states) == 3 and all(s.step == "created" for s in states):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("batches were not created in time")
+    worker.stop(signal.SIGKILL)
+    beat.stop(signal.SIGKILL)
+
+    start_worker(queues=["mitrailleuse"])
+    start_beat()
+    progress = run.wait(timeout=120)
+    assert progress.state == "completed" and progress.succeeded == 60
+    records = results(task)
+    assert [r["output"] for r in records] == [expected(row) for row in rows]
+    assert sim.stats()["batches_created"] == 3
+
+
+def test_expired_batch_items_are_sent_once_more_then_fail(
+    tmp_path, tasks_dir, sim, start_worker, start_beat
+):
+    sim.configure(batch_duration_s=1)
+    start_worker(queues=["mitrailleuse"])
+    start_beat()
+    rows = [{"input_text": f"item {n}"} for n in range(40)]
+    rows[25] = {"input_text": "this batch expires [[batch-expire]]"}
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    m = Mitrailleuse()
+    task = m.create_task("nb", "openai", "expire", batch_config(), [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed"
+    records = results(task)
+    assert all(r["status"] == "succeeded" for r in records[:20])
+    second = records[20:]
+    # the expired batch was sent once more with its 20 items; it expired again: they fail
+    assert all(r["status"] == "failed" and r["error"]["type"] == "batch_expired" for r in second)
+    assert all(r["attempts"] == 2 for r in second)
+    states = all_states(task)
+    assert [s.retry_of for s in states] == [None, None, 1]
+    assert states[2].items == 20
+    assert sim.stats()["batches_created"] == 3
