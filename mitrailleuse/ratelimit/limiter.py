@@ -88,12 +88,14 @@ class RedisLimiter:
         self._acquire = _script(client, "acquire.lua")
         self._release = _script(client, "release.lua")
         self._pause = _script(client, "pause.lua")
+        self._observe = _script(client, "observe.lua")
+        self.interval_ms = 60_000 / limits.requests_per_minute
+        self.burst_ms = max(self.interval_ms, BURST_S * 1000)
 
     def acquire(self, tokens: int, timeout_s: float) -> Grant | float:
         """Take a request and ``tokens``: a Grant, or how many seconds to wait first."""
         limits = self.limits
         lease_id = uuid.uuid4().hex
-        burst_ms = max(60_000 / limits.requests_per_minute, BURST_S * 1000)
         granted, wait_ms = self._acquire(
             keys=[
                 keys.limit(self.scope, "requests"),
@@ -109,7 +111,7 @@ class RedisLimiter:
                 limits.max_in_flight,
                 lease_id,
                 math.ceil((timeout_s + LEASE_MARGIN_S) * 1000),
-                burst_ms,
+                self.burst_ms,
             ],
         )
         return Grant(lease_id, tokens) if granted else wait_ms / 1000
@@ -131,12 +133,23 @@ class RedisLimiter:
         self._pause(keys=[keys.limit(self.scope, "pause")], args=[math.ceil(seconds * 1000)])
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Follow the provider's ``x-ratelimit-*`` headers: pause when it says none remain."""
+        """Follow the provider's ``x-ratelimit-*`` headers.
+
+        None remaining pauses the fleet until the announced reset; a few remaining lower the
+        request budget's burst to that many, whatever the config claims.
+        """
         for budget in ("requests", "tokens"):
-            remaining = headers.get(f"x-ratelimit-remaining-{budget}")
+            remaining = _int(headers.get(f"x-ratelimit-remaining-{budget}"))
+            if remaining is None:
+                continue
             reset = parse_duration_s(headers.get(f"x-ratelimit-reset-{budget}"))
-            if remaining is not None and reset and _int(remaining) == 0:
+            if remaining <= 0 and reset:
                 self.pause(reset)
+            elif budget == "requests":
+                self._observe(
+                    keys=[keys.limit(self.scope, "requests")],
+                    args=[remaining, self.interval_ms, self.burst_ms],
+                )
 
     def rates(self, window_s: int = 10) -> Rates:
         """The fleet's request and token rates over the last ``window_s`` seconds, per minute."""
@@ -159,9 +172,9 @@ def _minute(epoch_s: float | None = None) -> int:
     return int((time.time() if epoch_s is None else epoch_s) // 60)
 
 
-def _int(value: str) -> int | None:
+def _int(value: str | None) -> int | None:
     try:
-        return int(float(value))
+        return int(float(value)) if value is not None else None
     except ValueError:
         return None
 
