@@ -24,7 +24,13 @@ def run_pipeline(bench, items: int, concurrency: int, batch_size: int = 50) -> d
     try:
         source = write_questions(bench.scratch / f"q{items}.jsonl", items)
         m = Mitrailleuse()
-        config = {"openai": {"batch": {"batch_size": batch_size}}}
+        # the simulator has no limit: the budgets are opened wide, so the pipeline is measured
+        unlimited = {
+            "requests_per_minute": 10**7,
+            "tokens_per_minute": None,
+            "max_in_flight": 10**6,
+        }
+        config = {"openai": {"batch": {"batch_size": batch_size}, "rate_limit": unlimited}}
         task = m.create_task("bench", "openai", "overhead", config, [source])
         bench.simulator.reset()
         cpu_before = cpu_seconds(worker.pid) + cpu_seconds(bench.redis.process.pid)

@@ -81,7 +81,9 @@ class WorkerProcess:
         extra: Sequence[str] = (),
     ) -> None:
         self.name = f"{name}@{socket.gethostname()}"
-        command = worker_command(queues, concurrency, "-n", self.name, "--loglevel", "WARNING")
+        command = worker_command(
+            queues, concurrency, "-n", self.name, "--loglevel", "WARNING", quiet=True
+        )
         self.process = subprocess.Popen([*command, *extra], env={**os.environ, **env}, cwd=cwd)
 
     @property

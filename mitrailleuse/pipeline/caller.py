@@ -58,7 +58,7 @@ def context_for(run: RunState) -> RunContext:
             return context
     config = parse_config(orjson.loads(run.config_json()), f"run {run.run_id}")
     name = run.provider
-    section = config.provider(name)  # type: ignore[arg-type]
+    section = config.provider(name)
     provider = provider_class(name)(section, resolve_api_key(name, section.api_key))
     limits = Limits.resolve(name, section.rate_limit)
     context = RunContext(config, provider, RedisLimiter(run.redis, name, provider.model, limits))

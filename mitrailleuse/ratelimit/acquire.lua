@@ -2,7 +2,7 @@
 -- KEYS: 1 request TAT, 2 token TAT, 3 in-flight leases (zset), 4 pause-until,
 --       5 this minute's rate counters (hash: r<second>, t<second>)
 -- ARGV: 1 requests/min, 2 tokens/min (0 = none), 3 tokens, 4 max in flight, 5 lease id,
---       6 lease ttl ms, 7 burst ms
+--       6 lease ttl ms, 7 burst ms (at least one interval: one request may always go)
 -- Returns {1, 0} when granted, or {0, ms to wait}.
 -- GCRA (generic cell rate algorithm): a theoretical arrival time per budget, stored in ms.
 local t = redis.call('TIME')

@@ -6,8 +6,9 @@ usage. A 429's ``Retry-After`` pauses the whole fleet's use of the provider (:me
 ``x-ratelimit-*`` response headers lower the budget to what the provider says remains
 (:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
 
-Requests and tokens per minute are GCRA budgets (a theoretical arrival time per budget) with a
-burst of one second's worth, so no 60-second window sees more than the limit plus that second.
+Requests and tokens per minute are GCRA budgets (a theoretical arrival time per budget) that
+space calls evenly, with no burst: a provider's sliding 60-second window never sees more than
+the limit (a burst allowance, measured, cost a few 429s at each window's edge).
 In-flight calls are leases in a sorted set that expire on their own if a worker dies mid-call.
 """
 
@@ -27,8 +28,6 @@ import redis
 from mitrailleuse import keys
 from mitrailleuse.config import RateLimit
 
-#: How much of a burst the budgets allow: one second's worth of requests and tokens.
-BURST_S = 1.0
 #: A lease outlives a call by this much before it is presumed lost (a killed worker).
 LEASE_MARGIN_S = 30.0
 
@@ -90,7 +89,6 @@ class RedisLimiter:
         self._pause = _script(client, "pause.lua")
         self._observe = _script(client, "observe.lua")
         self.interval_ms = 60_000 / limits.requests_per_minute
-        self.burst_ms = max(self.interval_ms, BURST_S * 1000)
 
     def acquire(self, tokens: int, timeout_s: float) -> Grant | float:
         """Take a request and ``tokens``: a Grant, or how many seconds to wait first."""
@@ -111,7 +109,7 @@ class RedisLimiter:
                 limits.max_in_flight,
                 lease_id,
                 math.ceil((timeout_s + LEASE_MARGIN_S) * 1000),
-                self.burst_ms,
+                self.interval_ms,
             ],
         )
         return Grant(lease_id, tokens) if granted else wait_ms / 1000
@@ -135,20 +133,22 @@ class RedisLimiter:
     def observe(self, headers: Mapping[str, str]) -> None:
         """Follow the provider's ``x-ratelimit-*`` headers.
 
-        None remaining pauses the fleet until the announced reset; a few remaining lower the
-        request budget's burst to that many, whatever the config claims.
+        None remaining pauses the fleet until the announced reset; fewer remaining than our pace
+        would use before the reset spreads them over it, whatever the config claims.
         """
         for budget in ("requests", "tokens"):
             remaining = _int(headers.get(f"x-ratelimit-remaining-{budget}"))
             if remaining is None:
                 continue
             reset = parse_duration_s(headers.get(f"x-ratelimit-reset-{budget}"))
-            if remaining <= 0 and reset:
+            if not reset:
+                continue
+            if remaining <= 0:
                 self.pause(reset)
             elif budget == "requests":
                 self._observe(
                     keys=[keys.limit(self.scope, "requests")],
-                    args=[remaining, self.interval_ms, self.burst_ms],
+                    args=[remaining, math.ceil(reset * 1000), self.interval_ms],
                 )
 
     def rates(self, window_s: int = 10) -> Rates:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -27,35 +28,50 @@ def grants(limiter, count, tokens=0):
     return [limiter.acquire(tokens, 10) for _ in range(count)]
 
 
-def test_a_second_of_burst_then_the_steady_rate(limiter_for):
-    limiter = limiter_for(rpm=600)  # one per 100 ms, a burst of 10
-    taken = grants(limiter, 12)
-    assert all(isinstance(g, Grant) for g in taken[:10])
-    assert not isinstance(taken[10], Grant) and 0 < taken[10] <= 0.1
+def take(limiter, tokens=0):
+    """A grant, or the wait once it is longer than the spacing of a fast budget."""
+    while True:
+        grant = limiter.acquire(tokens, 10)
+        if isinstance(grant, Grant) or grant > 0.01:
+            return grant
+        time.sleep(grant)
+
+
+def test_calls_are_spaced_evenly(limiter_for):
+    limiter = limiter_for(rpm=600)  # one per 100 ms, no burst
+    first, second = grants(limiter, 2)
+    assert isinstance(first, Grant)
+    assert not isinstance(second, Grant) and 0.05 < second <= 0.1
 
 
 def test_in_flight_cap_and_release(limiter_for):
     limiter = limiter_for(rpm=60000, in_flight=2)
-    first, second, third = grants(limiter, 3)
+    first, second, third = take(limiter), take(limiter), limiter.acquire(0, 10)
     assert isinstance(first, Grant) and isinstance(second, Grant) and not isinstance(third, Grant)
     limiter.release(first)
-    assert isinstance(limiter.acquire(0, 10), Grant)
+    assert isinstance(take(limiter), Grant)
 
 
 def test_tokens_budget_and_correction(limiter_for):
     limiter = limiter_for(rpm=60000, tpm=6000)  # 100 tokens a second
-    big = limiter.acquire(100, 10)
+    big = take(limiter, 100)
     assert isinstance(big, Grant)
-    assert not isinstance(limiter.acquire(100, 10), Grant)
-    limiter.release(big, actual_tokens=10)  # the response used far fewer: refunded
-    assert isinstance(limiter.acquire(50, 10), Grant)
+    wait = take(limiter, 100)
+    assert not isinstance(wait, Grant) and 0.9 < wait <= 1.0
+    limiter.release(big, actual_tokens=10)  # the response used far fewer: 90 refunded
+    after = take(limiter, 5)
+    assert isinstance(after, Grant) or after <= 0.1
 
 
 def test_pause_and_provider_headers(limiter_for):
-    limiter = limiter_for(rpm=6000)  # a burst of 100
-    limiter.observe({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "10s"})
-    taken = grants(limiter, 4)
-    assert [isinstance(g, Grant) for g in taken] == [True, True, True, False]
+    limiter = limiter_for(rpm=6000)  # one per 10 ms
+    # 3 left for the next 3 s: the next call waits a second, not 10 ms
+    limiter.observe({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "3s"})
+    wait = limiter.acquire(0, 10)
+    assert not isinstance(wait, Grant) and 0.9 < wait <= 1.0
+    plenty = limiter_for(rpm=6000)
+    plenty.observe({"x-ratelimit-remaining-requests": "900", "x-ratelimit-reset-requests": "3s"})
+    assert isinstance(plenty.acquire(0, 10), Grant)
     other = limiter_for(rpm=6000)
     other.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
     wait = other.acquire(0, 10)

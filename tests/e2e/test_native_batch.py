@@ -25,16 +25,35 @@ def expected(row):
     return chat_answer([{"role": "user", "content": row["input_text"]}])
 
 
-def test_multi_batch_run_maps_every_line_back(tmp_path, tasks_dir, sim, start_worker, start_beat):
-    sim.configure(batch_duration_s=1.5)
-    start_worker(queues=["mitrailleuse"])
-    start_beat()
+@pytest.fixture
+def batch_task(tmp_path, tasks_dir, sim, start_worker, start_beat):
+    """A batch-mode task of ``rows``, with a control worker and beat running."""
+
+    def make(name, rows, duration_s, **batch):
+        sim.configure(batch_duration_s=duration_s)
+        worker, beat = start_worker(queues=["mitrailleuse"]), start_beat()
+        source = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        m = Mitrailleuse()
+        task = m.create_task("nb", "openai", name, batch_config(**batch), [source])
+        return m, task, worker, beat
+
+    return make
+
+
+def wait_created(task, count):
+    deadline = time.monotonic() + 30
+    while not (
+        len(all_states(task)) == count and all(s.step == "created" for s in all_states(task))
+    ):
+        assert time.monotonic() < deadline, "batches were not created in time"
+        time.sleep(0.1)
+
+
+def test_multi_batch_run_maps_every_line_back(sim, batch_task):
     rows = [{"input_text": f"batched {n}"} for n in range(95)]
     rows[13] = {"input_text": "refused [[status:400]]"}
     rows[77] = {"input_text": "refused too [[status:400]]"}
-    source = write_jsonl(tmp_path / "q.jsonl", rows)
-    m = Mitrailleuse()
-    task = m.create_task("nb", "openai", "multi", batch_config(), [source])
+    m, task, _, _ = batch_task("multi", rows, 1.5)
     progress = m.submit(task).wait(timeout=120)
 
     assert progress.state == "completed"
@@ -56,24 +75,12 @@ def test_multi_batch_run_maps_every_line_back(tmp_path, tasks_dir, sim, start_wo
 
 
 def test_killed_worker_and_beat_resume_without_creating_twice(
-    tmp_path, tasks_dir, sim, start_worker, start_beat
+    sim, batch_task, start_worker, start_beat
 ):
-    sim.configure(batch_duration_s=6)
-    worker = start_worker(queues=["mitrailleuse"])
-    beat = start_beat()
     rows = [{"input_text": f"survivor {n}"} for n in range(60)]
-    source = write_jsonl(tmp_path / "q.jsonl", rows)
-    m = Mitrailleuse()
-    task = m.create_task("nb", "openai", "crash", batch_config(), [source])
+    m, task, worker, beat = batch_task("crash", rows, 6)
     run = m.submit(task)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        states = all_states(task)
-        if len(states) == 3 and all(s.step == "created" for s in states):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("batches were not created in time")
+    wait_created(task, 3)
     worker.stop(signal.SIGKILL)
     beat.stop(signal.SIGKILL)
 
@@ -86,17 +93,10 @@ def test_killed_worker_and_beat_resume_without_creating_twice(
     assert sim.stats()["batches_created"] == 3
 
 
-def test_expired_batch_items_are_sent_once_more_then_fail(
-    tmp_path, tasks_dir, sim, start_worker, start_beat
-):
-    sim.configure(batch_duration_s=1)
-    start_worker(queues=["mitrailleuse"])
-    start_beat()
+def test_expired_batch_items_are_sent_once_more_then_fail(sim, batch_task):
     rows = [{"input_text": f"item {n}"} for n in range(40)]
     rows[25] = {"input_text": "this batch expires [[batch-expire]]"}
-    source = write_jsonl(tmp_path / "q.jsonl", rows)
-    m = Mitrailleuse()
-    task = m.create_task("nb", "openai", "expire", batch_config(), [source])
+    m, task, _, _ = batch_task("expire", rows, 1)
     progress = m.submit(task).wait(timeout=120)
 
     assert progress.state == "completed"
@@ -110,3 +110,32 @@ def test_expired_batch_items_are_sent_once_more_then_fail(
     assert [s.retry_of for s in states] == [None, None, 1]
     assert states[2].items == 20
     assert sim.stats()["batches_created"] == 3
+
+
+def test_combined_batches_pack_chunks_into_one(sim, batch_task):
+    rows = [{"input_text": f"combined {n}"} for n in range(95)]
+    m, task, _, _ = batch_task("combined", rows, 1, batch_size=10, combine_batches=True)
+    progress = m.submit(task).wait(timeout=120)
+    assert progress.state == "completed" and progress.succeeded == 95
+    assert [r["output"] for r in results(task)] == [expected(row) for row in rows]
+    assert sim.stats()["batches_created"] == 1
+    (state,) = all_states(task)
+    assert state.items == 95 and state.parts == list(range(10))
+
+
+def test_cancel_cancels_the_provider_batches_and_execute_resumes(sim, batch_task):
+    rows = [{"input_text": f"cancel me {n}"} for n in range(60)]
+    m, task, _, _ = batch_task("cancel", rows, 20)
+    run = m.submit(task)
+    wait_created(task, 3)
+    run.cancel()
+    progress = run.wait(timeout=60)
+    assert progress.state == "cancelled"
+    assert sim.stats()["requests"].get("POST /v1/batches/{batch_id}/cancel") == 3
+    assert {s.raw_status for s in all_states(task)} == {"cancelled"}
+
+    sim.configure(batch_duration_s=1)
+    resumed = m.submit(task).wait(timeout=120)
+    assert resumed.state == "completed" and resumed.succeeded == 60
+    records = results(task)
+    assert [r["output"] for r in records] == [expected(row) for row in rows]
