@@ -135,7 +135,6 @@ def main() -> None:
     with bench_env() as bench:
         rows.append(scenario(bench, "redis limiter", 1, args.rpm, None, items))
         rows.append(scenario(bench, "redis limiter", 2, args.rpm, None, items))
-        # Celery's own limit drains slowly (see the README): a fifth of the items suffices
         rows.append(
             scenario(
                 bench,
@@ -143,7 +142,7 @@ def main() -> None:
                 2,
                 args.rpm,
                 None,
-                max(items // 5, 100),
+                items,
                 celery_limit=f"{args.rpm}/m",
             )
         )

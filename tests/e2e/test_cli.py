@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,33 @@ def test_run_exits_1_when_items_fail(workdir, sim):
     env = {"REDIS_URL": "", "OPENAI_BASE_URL": f"{sim.url}/v1", "OPENAI_API_KEY": "sk-test-run"}
     done = cli("run", "--api-name", "openai", "--input", "bad.jsonl", cwd=workdir, env=env)
     assert done.returncode == 1, done.stderr[-2000:]
+
+
+def test_execute_detach_then_status(workdir, start_worker, sim, fleet_env):
+    start_worker()
+    write_jsonl(workdir / "d.jsonl", questions(30))
+    made = cli(
+        "create",
+        "--user-id",
+        "eve",
+        "--api-name",
+        "openai",
+        "--task-name",
+        "detached",
+        "--input",
+        "d.jsonl",
+        cwd=workdir,
+        env=fleet_env,
+    )
+    path = made.stdout.strip().splitlines()[-1]
+    sent = cli("execute", "--task-path", path, "--detach", cwd=workdir, env=fleet_env)
+    assert sent.returncode == 0 and "submitted run" in sent.stdout
+    deadline = time.monotonic() + 60
+    while "completed" not in (shown := cli("status", path, cwd=workdir, env=fleet_env)).stdout:
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.5)
+    assert "30/30 done" in shown.stdout
+    again = cli(
+        "execute", "--user-id", "eve", "--task-name", "detached", cwd=workdir, env=fleet_env
+    )
+    assert again.returncode == 0, again.stderr[-2000:]

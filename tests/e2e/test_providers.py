@@ -61,15 +61,17 @@ def test_openai_messages_items_and_settings(tmp_path, tasks_dir, sim, start_work
 def test_deepseek_uses_its_own_model_never_gpt(tmp_path, tasks_dir, sim, start_worker):
     start_worker(queues=["deepseek", "mitrailleuse"])
     rows = [{"input_text": f"deep {n}"} for n in range(25)]
-    # the seed's template sends gpt-4o to DeepSeek: Mitrailleuse must not
+    # the seed's template sends gpt-4o to DeepSeek: Mitrailleuse must not; and DeepSeek has no
+    # batch API: is_batch_active runs the live path
     config = {
         "deepseek": {
             "api_information": {"model": "gpt-4o", "setting": {}},
-            "batch": {"batch_size": 10},
+            "batch": {"batch_size": 10, "is_batch_active": True},
         }
     }
-    _, progress, records = run_task("deepseek", rows, config, tmp_path)
+    task, progress, records = run_task("deepseek", rows, config, tmp_path)
     assert progress.succeeded == 25
+    assert task.status().mode == "realtime" and sim.stats()["batches_created"] == 0
     for row, record in zip(rows, records, strict=True):
         assert record["provider"] == "deepseek"
         assert record["model"] == "deepseek-chat" and record["response"]["model"] == "deepseek-chat"
