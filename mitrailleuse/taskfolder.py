@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
-from mitrailleuse.config import ProviderName, TaskConfig
+from mitrailleuse.config import ProviderName, TaskConfig, load_config
 from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
 from mitrailleuse.inputs import sorted_input_files
 from mitrailleuse.providers import provider_class
@@ -177,8 +177,6 @@ class TaskFolder:
 
     def config(self) -> TaskConfig:
         """The task's saved config."""
-        from mitrailleuse.config import load_config
-
         return load_config(self.config_path)
 
     def input_files(self) -> list[Path]:
