@@ -28,8 +28,12 @@ worker_prefetch_multiplier = 1
 # An unacknowledged message comes back after this long. Retry countdowns (at most the retry
 # policy's max_backoff_s, 60 s by default) stay far below it, so a waiting retry is never
 # delivered twice.
+# A live worker looks for such messages every 10 s (kombu's default throttle would make it
+# every 100 s: a killed worker's messages would wait that much longer).
 broker_transport_options = {
-    "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600"))
+    "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600")),
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 result_expires = 24 * 3600
