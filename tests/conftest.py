@@ -23,7 +23,7 @@ from mitrailleuse.testing import BeatProcess, RedisServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 #: A key the secrets tests search for everywhere; recognisable, and never a real one.
-TEST_KEY = "sk-test-MITRAILLEUSE-canary-0123456789"
+TEST_KEY = "canary-MITRAILLEUSE-test-key-0123456789"
 
 
 _SESSION_REDIS: RedisServer | None = None
