@@ -28,6 +28,12 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
+def create(workdir: Path, user: str, name: str, *extra: str, env=None):
+    """``mitrailleuse create`` for an openai task."""
+    args = ["--user-id", user, "--api-name", "openai", "--task-name", name, *extra]
+    return cli("create", *args, cwd=workdir, env=env)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "q.jsonl").write_text('{"input_text": "hello"}\n')
@@ -35,18 +41,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_create_list_get(workdir):
-    made = cli(
-        "create",
-        "--user-id",
-        "alice",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "faq",
-        "--input",
-        "q.jsonl",
-        cwd=workdir,
-    )
+    made = create(workdir, "alice", "faq", "--input", "q.jsonl")
     assert made.returncode == 0, made.stderr
     path = Path(made.stdout.strip().splitlines()[-1])
     assert path.is_dir() and path.parent == workdir / "tasks" / "alice"
@@ -69,20 +64,7 @@ def test_create_list_get(workdir):
 )
 def test_bad_config_exits_2_with_one_line(workdir, config, field):
     (workdir / "config.json").write_text(json.dumps(config))
-    made = cli(
-        "create",
-        "--user-id",
-        "u",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "t",
-        "--config",
-        "config.json",
-        "--input",
-        "q.jsonl",
-        cwd=workdir,
-    )
+    made = create(workdir, "u", "t", "--config", "config.json", "--input", "q.jsonl")
     assert made.returncode == 2
     assert len(made.stderr.strip().splitlines()) == 1, made.stderr
     assert field in made.stderr and "Traceback" not in made.stderr
@@ -108,18 +90,7 @@ def test_traversal_is_refused_and_leaves_nothing(workdir, args):
 def test_bad_usage_and_bad_paths_exit_2(workdir):
     assert cli("create", "--user-id", "u", cwd=workdir).returncode == 2
     assert cli("nonsense", cwd=workdir).returncode == 2
-    missing = cli(
-        "create",
-        "--user-id",
-        "u",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "t",
-        "--input",
-        "missing.jsonl",
-        cwd=workdir,
-    )
+    missing = create(workdir, "u", "t", "--input", "missing.jsonl")
     assert missing.returncode == 2 and "missing.jsonl" in missing.stderr
     outside = cli("get", "--task-path", "/etc", cwd=workdir)
     assert outside.returncode == 2 and "Traceback" not in outside.stderr
@@ -151,19 +122,7 @@ def test_run_exits_1_when_items_fail(workdir, sim):
 def test_execute_detach_then_status(workdir, start_worker, sim, fleet_env):
     start_worker()
     write_jsonl(workdir / "d.jsonl", questions(30))
-    made = cli(
-        "create",
-        "--user-id",
-        "eve",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "detached",
-        "--input",
-        "d.jsonl",
-        cwd=workdir,
-        env=fleet_env,
-    )
+    made = create(workdir, "eve", "detached", "--input", "d.jsonl", env=fleet_env)
     path = made.stdout.strip().splitlines()[-1]
     sent = cli("execute", "--task-path", path, "--detach", cwd=workdir, env=fleet_env)
     assert sent.returncode == 0 and "submitted run" in sent.stdout
