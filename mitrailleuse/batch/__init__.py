@@ -1,0 +1,1 @@
+"""OpenAI's native Batch API: batch files, their durable state, submission and polling."""
