@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,15 @@ class Run:
 
     def rates(self) -> Rates:
         """The fleet's live request and token rates for this task's provider, with its limits."""
+        return self._limiter.rates()
+
+    @cached_property
+    def _limiter(self) -> RedisLimiter:
+        """The task's budget, built once: a progress display asks for rates twice a second."""
         name = self.folder.provider
         section = self.folder.config().provider(name)
         model = provider_class(name).model_name(section)
-        limits = Limits.resolve(name, section.rate_limit)
-        return RedisLimiter(self._redis, name, model, limits).rates()
+        return RedisLimiter(self._redis, name, model, Limits.resolve(name, section.rate_limit))
 
     def cancel(self) -> None:
         """Stop dispatching: in-flight items finish, nothing new is sent."""

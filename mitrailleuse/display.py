@@ -35,6 +35,7 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
         transient=False,
     )
     started = time.monotonic()
+    batch_mode = run.status().mode == "batch"
     with bar:
         current = run.progress()
         task = bar.add_task(
@@ -43,7 +44,6 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
         while True:
             current = run.progress()
             elapsed = max(time.monotonic() - started, 1e-6)
-            batch_mode = run.status().mode == "batch"
             batches = run.batches() if batch_mode else []
             bar.update(
                 task,

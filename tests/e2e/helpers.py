@@ -21,3 +21,28 @@ def results(folder: Any) -> list[dict[str, Any]]:
 
 def questions(count: int, prefix: str = "q") -> list[dict[str, str]]:
     return [{"input_text": f"{prefix}-{n}: what is {n} squared?"} for n in range(1, count + 1)]
+
+
+def new_task(
+    tmp_path: Path,
+    rows: list[Any],
+    config: dict | None = None,
+    api: str = "openai",
+    name: str = "t",
+) -> tuple[Any, Any]:
+    """A task of ``rows`` (written as JSONL), and the API object that made it."""
+    from mitrailleuse.api import Mitrailleuse
+
+    source = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    m = Mitrailleuse()
+    return m, m.create_task("e2e", api, name, config or {}, [source])
+
+
+def wait_done(run: Any, count: int, timeout_s: float = 60) -> None:
+    """Wait until ``count`` items of a run have their record."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while run.progress().done < count:
+        assert time.monotonic() < deadline, f"fewer than {count} items done in {timeout_s}s"
+        time.sleep(0.05)

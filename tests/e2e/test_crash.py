@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from mitrailleuse.api import Mitrailleuse
-from tests.e2e.helpers import questions, results, write_jsonl
+from tests.e2e.helpers import new_task, questions, results, wait_done
 
 pytestmark = pytest.mark.e2e
 
@@ -19,14 +17,9 @@ VISIBILITY = {"MITRAILLEUSE_VISIBILITY_TIMEOUT_S": "8"}
 def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_worker):
     sim.configure(latency_ms=50)
     worker = start_worker(concurrency=8, env=VISIBILITY)
-    source = write_jsonl(tmp_path / "q.jsonl", questions(400))
-    m = Mitrailleuse()
-    task = m.create_task(
-        "crash", "openai", "kill", {"openai": {"batch": {"batch_size": 20}}}, [source]
-    )
+    m, task = new_task(tmp_path, questions(400), {"openai": {"batch": {"batch_size": 20}}})
     run = m.submit(task)
-    while run.progress().done < 60:
-        time.sleep(0.05)
+    wait_done(run, 60)
     worker.stop(signal.SIGKILL)
     done_at_kill = run.progress().done
     sent_at_kill = sim.stats()["chat_requests"]

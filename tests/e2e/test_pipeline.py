@@ -8,7 +8,7 @@ import pytest
 
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.simulator import chat_answer
-from tests.e2e.helpers import questions, results, write_jsonl
+from tests.e2e.helpers import new_task, questions, results, wait_done, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -101,14 +101,9 @@ def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
 def test_cancel_stops_calls_and_execute_resumes(tmp_path, tasks_dir, sim, start_worker):
     sim.configure(latency_ms=100)
     start_worker(concurrency=4)
-    source = write_jsonl(tmp_path / "q.jsonl", questions(300))
-    m = Mitrailleuse()
-    task = m.create_task(
-        "dan", "openai", "cancel", {"openai": {"batch": {"batch_size": 10}}}, [source]
-    )
+    m, task = new_task(tmp_path, questions(300), {"openai": {"batch": {"batch_size": 10}}})
     run = m.submit(task)
-    while run.progress().done < 20:
-        time.sleep(0.05)
+    wait_done(run, 20)
     run.cancel()
     cancelled_at = time.time()
     progress = run.wait(timeout=60)

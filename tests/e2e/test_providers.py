@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.simulator import chat_answer, translation_of
-from tests.e2e.helpers import results, write_jsonl
+from tests.e2e.helpers import new_task, results
 
 pytestmark = pytest.mark.e2e
 
 
-def run_task(api, rows, config=None, tmp_path=None, name="in.jsonl", timeout=120):
-    source = write_jsonl(tmp_path / name, rows)
-    m = Mitrailleuse()
-    task = m.create_task("prov", api, "t", config or {}, [source])
+def run_task(api, rows, config=None, tmp_path=None, name="in", timeout=120):
+    m, task = new_task(tmp_path, rows, config, api, name)
     progress = m.submit(task).wait(timeout=timeout)
     return task, progress, results(task)
 
@@ -95,9 +92,7 @@ def test_deepl_groups_texts_and_maps_each_back(tmp_path, tasks_dir, sim, start_w
     calls = sim.stats()["translate_requests"]
     assert calls <= 520 / 25, calls
 
-    _, progress, records = run_task(
-        "deepl", [{"text": "hola"}], config_literal, tmp_path, "lit.jsonl"
-    )
+    _, progress, records = run_task("deepl", [{"text": "hola"}], config_literal, tmp_path, "lit")
     assert records[0]["output"] == translation_of("hola", "ES")
 
 
