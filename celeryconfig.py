@@ -36,6 +36,15 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# Redis restarting (AOF on: it comes back with its data) must not fail a task or lose a chord
+# count: result-backend writes are retried for about a minute, as are the pipeline's own Redis
+# commands (run_state.redis_client); the worker reconnects to the broker by itself. Tasks running
+# when the connection drops go on: their messages are redelivered if their ack is lost, and the
+# per-item record store turns the redelivery into a no-op.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_max_sleep_between_retries_ms = 2000
+worker_cancel_long_running_tasks_on_connection_loss = False
 result_expires = 24 * 3600
 
 task_queues = [Queue(name) for name in all_queues()]

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from enum import Enum
@@ -233,6 +234,29 @@ class EmbeddedRedis:
             self.url_file.unlink(missing_ok=True)
             return True
 
+    @contextlib.contextmanager
+    def supervised(self, interval_s: float = 0.5) -> Iterator[None]:
+        """Start the server again (same port, password and AOF) whenever it dies, meanwhile.
+
+        ``mitrailleuse run`` owns its embedded server for the length of a run: if that server
+        is killed, its workers reconnect to the restarted one and the run goes on.
+        """
+        stopping = threading.Event()
+
+        def watch() -> None:
+            while not stopping.wait(interval_s):
+                if self.pid is None and not self.is_running():
+                    with contextlib.suppress(BrokerError):
+                        self.ensure_running()
+
+        watcher = threading.Thread(target=watch, name="embedded-redis-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stopping.set()
+            watcher.join()
+
     # -- find or start (under the lock) --------------------------------------------------
 
     def _find_or_start(self, deadline: float) -> str:
@@ -421,7 +445,7 @@ class EmbeddedRedis:
             "loglevel notice",
             "appendonly yes",
             'appendfilename "appendonly.aof"',
-            "appendfsync everysec",
+            "appendfsync always",
             "aof-load-truncated yes",
             'save ""',
             'dbfilename "dump.rdb"',

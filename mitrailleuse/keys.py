@@ -37,6 +37,11 @@ def parts_done(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:done"
 
 
+def parts_carried(run_id: str) -> str:
+    """Hash: chunk number -> how many of its records an earlier run left on disk."""
+    return f"{PREFIX}:run:{run_id}:carried"
+
+
 def feed_lock(run_id: str) -> str:
     """Lock: held by the one feeder of a run."""
     return f"{PREFIX}:run:{run_id}:feed-lock"

@@ -23,18 +23,23 @@ from mitrailleuse.taskfolder import TaskFolder
 
 @contextmanager
 def local_broker() -> Iterator[None]:
-    """Start the embedded Redis when ``REDIS_URL`` is unset and none runs; stop it after."""
-    started = None
-    if not Environment().redis_url:
-        embedded = EmbeddedRedis(default_home())
-        if not embedded.is_running():
-            started = embedded
-        embedded.ensure_running()
-    try:
+    """Start the embedded Redis when ``REDIS_URL`` is unset and none runs; stop it after.
+
+    While the run lasts, the embedded server is started again if it dies (``kill -9``): with
+    its AOF (fsync on every write) it comes back with every message and record.
+    """
+    if Environment().redis_url:
         yield
+        return
+    embedded = EmbeddedRedis(default_home())
+    started = not embedded.is_running()
+    embedded.ensure_running()
+    try:
+        with embedded.supervised():
+            yield
     finally:
-        if started is not None:
-            started.stop()
+        if started:
+            embedded.stop()
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import redis
+from kombu.exceptions import OperationalError
 
 from mitrailleuse.broker import redis_server_binary
 from mitrailleuse.pipeline.fleet import celery_command, worker_command
@@ -44,7 +45,7 @@ class RedisServer:
             "bind": "127.0.0.1",
             "dir": str(self.home),
             "appendonly": "yes",
-            "appendfsync": "everysec",
+            "appendfsync": "always",
             "save": "",
             "loglevel": "warning",
         }
@@ -99,8 +100,11 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
-                return self
+            try:
+                if app.control.ping(destination=[self.name], timeout=0.5):
+                    return self
+            except (OSError, redis.RedisError, OperationalError):
+                time.sleep(0.2)  # the broker restarted since the last ping: a new connection
         raise TimeoutError(f"worker {self.name} did not answer within {timeout_s}s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:

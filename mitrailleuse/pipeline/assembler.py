@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from mitrailleuse import keys
-from mitrailleuse.pipeline.run_state import RunState, record_counts
+from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
 
 
@@ -42,7 +42,7 @@ def carry_over(folder: TaskFolder, part: int, run: RunState) -> set[str]:
     if not path.exists():
         return set()
     records = list(read_records(path))
-    run.add_counts(record_counts(records))
+    run.carry(part, records)
     return {record["id"] for record in records}
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 SLICE_S = 10.0
 #: How often a feeder with a full window looks again.
 POLL_S = 0.05
+#: How long the feed lock outlives a slice whose worker died holding it.
+LOCK_MARGIN_S = 5.0
+#: How soon a feed task that found the run locked tries again.
+LOCKED_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -115,13 +120,30 @@ def build_chunk(
     return Chunk(part, group_calls(provider, messages))
 
 
-def feed_slice(run: RunState, dispatcher: Dispatcher, slice_s: float = SLICE_S) -> bool:
-    """Dispatch chunks for up to ``slice_s``; True when another slice must follow."""
-    lock = run.redis.lock(keys.feed_lock(run.run_id), timeout=max(60.0, 4 * slice_s))
+class Slice(Enum):
+    """What the feed task does after a slice."""
+
+    DONE = "done"  # every item dispatched, the run cancelled, or the chain superseded
+    MORE = "more"  # out of time: the next slice follows at once
+    LOCKED = "locked"  # another slice holds the run (or a dead worker did): try again soon
+
+
+def feed_slice(
+    run: RunState, dispatcher: Dispatcher, feeder: str, slice_s: float = SLICE_S
+) -> Slice:
+    """Dispatch chunks for up to ``slice_s``, if ``feeder`` is still the run's feed chain.
+
+    The lock is renewed at every chunk and expires :data:`LOCK_MARGIN_S` after its holder
+    stops renewing it: a feeder killed mid-slice holds the run for seconds, not minutes.
+    """
+    if not run.is_feeder(feeder):
+        return Slice.DONE
+    lock = run.redis.lock(keys.feed_lock(run.run_id), timeout=slice_s + LOCK_MARGIN_S)
     if not lock.acquire(blocking=False):
-        return False
+        return Slice.LOCKED
     try:
-        return _feed(run, dispatcher, lock, time.monotonic() + slice_s)
+        more = _feed(run, dispatcher, lock, time.monotonic() + slice_s)
+        return Slice.MORE if more else Slice.DONE
     finally:
         try:
             lock.release()
@@ -146,12 +168,12 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
     while True:
         if run.cancelled:
             return False
+        lock.reacquire()
         out_of_time = time.monotonic() > deadline
         if writer is None and run.parts_in_flight() >= window_parts:
             if out_of_time:
                 return True
             time.sleep(POLL_S)
-            lock.reacquire()
             continue
         if writer is not None and out_of_time:
             _send_closed(run, dispatcher, writer.close())
@@ -165,15 +187,18 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
             run.set(exhausted=1, parts_total=part)
             assembler.finish_if_complete(run)
             return False
-        items = [item for item, _ in taken]
-        recorded = assembler.carry_over(folder, part, run)
-        chunk = build_chunk(run, part, items, config, recorded)
-        run.mark_dispatched(part)
-        messages = [message for call in chunk.calls for message in call]
-        if writer is None or not messages:
-            dispatcher.send_chunk(run, Chunk(part) if writer is not None else chunk)
-        else:
-            _send_closed(run, dispatcher, writer.add(part, messages))
+        if writer is not None or not run.is_dispatched(part):
+            items = [item for item, _ in taken]
+            recorded = assembler.carry_over(folder, part, run)
+            chunk = build_chunk(run, part, items, config, recorded)
+            messages = [message for call in chunk.calls for message in call]
+            if writer is None or not messages:
+                dispatcher.send_chunk(run, Chunk(part) if writer is not None else chunk)
+            else:
+                _send_closed(run, dispatcher, writer.add(part, messages))
+            # marked after sending: a feeder killed in between sends the chunk again (its
+            # items are then called at most once each, as the workers skip recorded ones)
+            run.mark_dispatched(part)
         run.advance(taken[-1][1], part + 1)
         part += 1
 

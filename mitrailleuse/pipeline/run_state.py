@@ -8,6 +8,7 @@ bump the counts, the assembler drains the records of finished chunks to disk.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +16,8 @@ from typing import Any
 
 import orjson
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from mitrailleuse import keys
 from mitrailleuse.inputs import Cursor
@@ -43,10 +46,24 @@ class CallGate:
     halted_reason: str | None
 
 
+#: How long a worker keeps retrying Redis while it restarts, before a task gives up.
+REDIS_OUTAGE_S = 60.0
+
+
 @cache
 def redis_client(url: str) -> redis.Redis:
-    """One thread-safe client (and connection pool) per URL and process."""
-    return redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+    """One thread-safe client (and connection pool) per URL and process.
+
+    A Redis restart must not fail a task that already has its provider's answer: commands are
+    retried with backoff (capped at 2 s) for about :data:`REDIS_OUTAGE_S`.
+    """
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=30,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), int(REDIS_OUTAGE_S / 2)),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 class RunState:
@@ -149,9 +166,28 @@ class RunState:
         """The number of the next chunk to dispatch."""
         return int(self.get("next_part") or 0)
 
+    def new_feeder(self) -> str:
+        """Make a new feed chain the run's only one; older chains stop at their next slice."""
+        token = uuid.uuid4().hex
+        self.redis.hset(self.key, "feeder", token)
+        return token
+
+    def is_feeder(self, token: str) -> bool:
+        """Whether ``token`` names the run's current feed chain."""
+        return self.get("feeder") == token
+
     def mark_dispatched(self, part: int) -> None:
         """Chunk ``part`` has been sent."""
         self.redis.setbit(keys.parts_dispatched(self.run_id), part, 1)
+
+    def is_dispatched(self, part: int) -> bool:
+        """Whether chunk ``part`` was sent (by a feeder that died before saving its cursor)."""
+        return bool(self.redis.getbit(keys.parts_dispatched(self.run_id), part))
+
+    def carry(self, part: int, records: list[dict[str, Any]]) -> None:
+        """Count a chunk's records found on disk into this run, once however often it is fed."""
+        if self.redis.hsetnx(keys.parts_carried(self.run_id), part, len(records)):
+            self.add_counts(record_counts(records))
 
     def mark_done(self, part: int) -> bool:
         """Chunk ``part`` is on disk; False if it already was (a redelivered callback)."""

@@ -43,12 +43,12 @@ def current_run(folder: TaskFolder, client: redis.Redis) -> RunState | None:
 
 def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     """Send the task to the fleet; resume it if an earlier run left items without a record."""
-    from mitrailleuse.pipeline.tasks import feed
+    from mitrailleuse.pipeline.tasks import start_feeding
 
     previous = current_run(folder, client)
     if previous is not None and previous.get("state") not in FINAL_STATES:
         if not previous.cancelled:
-            feed.apply_async((previous.run_id,), queue=CONTROL_QUEUE)
+            start_feeding(previous)
             return previous
         _drain(previous)
     config = folder.config()
@@ -82,7 +82,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
         finished_at=None,
         message=None,
     )
-    feed.apply_async((run.run_id,), queue=CONTROL_QUEUE)
+    start_feeding(run)
     return run
 
 

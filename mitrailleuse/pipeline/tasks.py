@@ -44,16 +44,22 @@ def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]], attemp
 
 
 @app.task(name="mitrailleuse.feed", ignore_result=True)
-def feed(run_id: str) -> None:
+def feed(run_id: str, feeder_id: str) -> None:
     """Dispatch a slice of the run's chunks, then hand over to the next slice."""
     run = run_state(run_id)
     try:
-        more = feeder.feed_slice(run, CeleryDispatcher())
+        outcome = feeder.feed_slice(run, CeleryDispatcher(), feeder_id)
     except MitrailleuseError as error:
         assembler.fail_run(run, str(error))
         return
-    if more:
-        feed.apply_async((run_id,), queue=CONTROL_QUEUE)
+    if outcome is not feeder.Slice.DONE:
+        countdown = feeder.LOCKED_RETRY_S if outcome is feeder.Slice.LOCKED else None
+        feed.apply_async((run_id, feeder_id), queue=CONTROL_QUEUE, countdown=countdown)
+
+
+def start_feeding(run: RunState) -> None:
+    """Start a feed chain for the run; one already going (or dead) is superseded."""
+    feed.apply_async((run.run_id, run.new_feeder()), queue=CONTROL_QUEUE)
 
 
 @app.task(name="mitrailleuse.assemble_part", ignore_result=True)

@@ -32,3 +32,26 @@ def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_wo
     calls = sim.stats()["chat_requests"]
     # items recorded before the kill were not sent again; only those on the wire may be
     assert calls - 400 <= sent_at_kill - done_at_kill, (calls, sent_at_kill, done_at_kill)
+
+
+def test_feeder_killed_mid_feed_then_execute_again(tmp_path, tasks_dir, sim, start_worker):
+    """The control worker (the feeder) dies mid-feed; `execute` again finishes the run.
+
+    Only items with no record are sent: none twice, including those in flight at the kill.
+    """
+    sim.configure(latency_ms=40)
+    start_worker(queues=["openai"], concurrency=8)
+    feeder = start_worker(queues=["mitrailleuse"], concurrency=4, env=VISIBILITY)
+    window = {"general": {"max_items_in_flight": 40}, "openai": {"batch": {"batch_size": 10}}}
+    m, task = new_task(tmp_path, questions(600), window)
+    run = m.submit(task)
+    wait_done(run, 150)
+    feeder.stop(signal.SIGKILL)
+    assert run.progress().done < 600, "the run ended before the feeder was killed"
+
+    m.submit(task)  # what `execute` does
+    start_worker(queues=["mitrailleuse"], concurrency=4, env=VISIBILITY)
+    progress = run.wait(timeout=180)
+    assert progress.state == "completed" and progress.succeeded == 600, progress
+    assert [r["index"] for r in results(task)] == list(range(1, 601))
+    assert sim.stats()["chat_requests"] == 600, "an item was sent twice"

@@ -1,0 +1,74 @@
+"""Redis stopped and started again (AOF on) in the middle of a run (issue 7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mitrailleuse.broker import EmbeddedRedis
+from mitrailleuse.pipeline.assembler import read_records
+from tests.e2e.helpers import new_task, questions, results, wait_done, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+VISIBILITY = {"MITRAILLEUSE_VISIBILITY_TIMEOUT_S": "8"}
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_redis_restarted_mid_run(how, tmp_path, tasks_dir, sim, start_worker, redis_server):
+    sim.configure(latency_ms=30)
+    start_worker(concurrency=8, env=VISIBILITY)
+    m, task = new_task(tmp_path, questions(400), {"openai": {"batch": {"batch_size": 20}}})
+    run = m.submit(task)
+    wait_done(run, 80)
+    redis_server.stop(how)
+    time.sleep(2)
+    redis_server.start()
+
+    progress = run.wait(timeout=180)
+    assert progress.state == "completed" and progress.succeeded == 400, progress
+    records = results(task)
+    assert [r["index"] for r in records] == list(range(1, 401)), "an item is missing or doubled"
+    assert all(r["status"] == "succeeded" for r in records)
+    # with appendfsync always nothing acknowledged is lost: no item is sent twice
+    assert sim.stats()["chat_requests"] == 400
+
+
+def test_embedded_redis_killed_under_run(tmp_path, sim):
+    """`run` owns its embedded Redis: killed with SIGKILL, it is started again and the run ends."""
+    write_jsonl(tmp_path / "q.jsonl", questions(300))
+    sim.configure(latency_ms=100)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "REDIS_URL": "",
+        "OPENAI_BASE_URL": f"{sim.url}/v1",
+        "OPENAI_API_KEY": "sk-test-run",
+        "MITRAILLEUSE_CONCURRENCY": "4",
+        **VISIBILITY,
+    }
+    command = [sys.executable, "-m", "mitrailleuse", "run", "--api-name", "openai"]
+    run = subprocess.Popen(
+        [*command, "--input", "q.jsonl"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    embedded = EmbeddedRedis(tmp_path / ".mitrailleuse" / "redis")
+    deadline = time.monotonic() + 60
+    while sim.stats()["chat_requests"] < 60:
+        assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
+        time.sleep(0.05)
+    first_pid = embedded.pid
+    os.kill(first_pid, signal.SIGKILL)
+
+    out, _ = run.communicate(timeout=180)
+    assert run.returncode == 0, out
+    records = list(read_records(Path(out.strip().splitlines()[-1])))
+    assert [r["index"] for r in records] == list(range(1, 301)), "an item is missing or doubled"
+    assert sim.stats()["chat_requests"] == 300, "an item recorded before the kill was sent again"
+    assert not embedded.is_running(), "run left its embedded Redis running"
