@@ -25,9 +25,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One message reserved per worker slot: a killed worker strands as few messages as possible.
 worker_prefetch_multiplier = 1
-# An unacknowledged message comes back after this long. Retry countdowns (at most the retry
-# policy's max_backoff_s, 60 s by default) stay far below it, so a waiting retry is never
-# delivered twice.
+# An unacknowledged message comes back after this long: it must exceed any call (timeout_s)
+# and any wait. A retry waiting for its countdown is an unacknowledged message too, so
+# countdowns (backoff, Retry-After, rate-limit waits) are capped at half of it
+# (pipeline.tasks.max_countdown_s): a waiting retry is never delivered twice. A lower value
+# brings a dead worker's messages back sooner (the crash tests use 8 s).
 # A live worker looks for such messages every 10 s (kombu's default throttle would make it
 # every 100 s: a killed worker's messages would wait that much longer).
 broker_transport_options = {

@@ -8,12 +8,14 @@ channel, never by the workers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +85,17 @@ class Run:
         return self.folder.status()
 
     def progress(self) -> Progress:
-        """Counts and state, live from Redis while the run goes on."""
+        """Counts and state, live from Redis while the run goes on.
+
+        A cancelled run is ``cancelling`` until its in-flight items have their records and its
+        outputs are written; only then is it ``cancelled`` (finished).
+        """
         status = self.folder.status()
         run = RunState(self._redis, status.run_id) if status.run_id else None
-        if run is not None and run.exists() and status.state not in FINAL_STATES:
-            counts = run.counts()
-            return Progress(state=run.get("state") or status.state, **counts)
+        if run is not None and run.exists():
+            state = run.get("state") or status.state
+            if state not in FINAL_STATES:
+                return Progress(state="cancelling" if run.cancelled else state, **run.counts())
         return Progress(state=status.state, **status.counts.model_dump())
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> Progress:
@@ -101,6 +108,28 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run of {self.folder.path} not finished after {timeout}s")
             time.sleep(poll_s)
+
+    async def wait_async(self, timeout: float | None = None, poll_s: float = 0.5) -> Progress:
+        """:meth:`wait` for asyncio code: the loop runs on while the run goes on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            progress = await asyncio.to_thread(self.progress)
+            if progress.finished:
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run of {self.folder.path} not finished after {timeout}s")
+            await asyncio.sleep(poll_s)
+
+    async def aresults(self, chunk: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`results` for asyncio code.
+
+        The file is read in a thread, ``chunk`` records at a time: a large file never blocks
+        the loop.
+        """
+        records = self.results()
+        while batch := await asyncio.to_thread(lambda: list(islice(records, chunk))):
+            for record in batch:
+                yield record
 
     def batches(self) -> list[BatchState]:
         """The run's native batches, with their provider status and request counts."""

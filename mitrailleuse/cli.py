@@ -6,6 +6,7 @@ Exit codes: 0 every item succeeded; 1 the run finished with failed items (or did
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -132,8 +133,8 @@ def execute(
         folder = find_task(client.tasks_dir, user_id, task_name, task_number)
     else:
         _fail("give --task-path, or --user-id with --task-name or --task-number")
-    _warn_if_unserved(folder.provider)
     run = client.submit(folder)
+    _warn_if_unserved(folder.provider)
     out.print(f"submitted run {run.run_id} of {folder.path}", highlight=False, soft_wrap=True)
     if detach:
         return
@@ -234,11 +235,32 @@ def beat(loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO") ->
 
 
 @app.command()
-def flower(port: Annotated[int, typer.Option("--port")] = 5555) -> None:
-    """The Flower dashboard on the fleet's broker (``celery -A mitrailleuse flower``)."""
+def flower(
+    port: Annotated[int, typer.Option("--port")] = 5555,
+    address: Annotated[
+        str, typer.Option("--address", help="Listen address; not loopback needs auth.")
+    ] = "127.0.0.1",
+) -> None:
+    """The Flower dashboard on the fleet's broker (``celery -A mitrailleuse flower``).
+
+    Basic auth comes from ``FLOWER_BASIC_AUTH=user:password`` (Flower reads it from the
+    environment, so the password is not on the command line for ``ps`` to show).
+    """
     from mitrailleuse.pipeline.fleet import celery_command
 
-    _exec(celery_command("flower", f"--port={port}", "--address=127.0.0.1"))
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if auth and not all(":" in pair for pair in auth.split(",")):
+        _fail("FLOWER_BASIC_AUTH must be user:password (several: user:password,user2:password2)")
+    if not auth and not _is_loopback(address):
+        _fail(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH=user:password")
+    _exec(celery_command("flower", f"--port={port}", f"--address={address}"))
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _exec(command: list[str]) -> NoReturn:

@@ -40,6 +40,10 @@ _BOM = b"\xef\xbb\xbf"
 #: Read size when counting newlines to name the line of an error after a resume.
 _CHUNK_SIZE = 1 << 20
 
+#: The largest JSONL line sent as an item: above what any supported model takes in one
+#: request (about 1M tokens), and what would make every Celery message carrying it heavy.
+MAX_LINE_BYTES = 4 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
@@ -71,6 +75,11 @@ class Item:
     data: dict[str, Any] | None
     #: Why the item is invalid; ``None`` when it is valid.
     error: str | None
+
+    @property
+    def place(self) -> str:
+        """``<file name>:<index>``: the item's id when it has no ``custom_id`` of its own."""
+        return f"{self.input_file}:{self.index}"
 
 
 def sorted_input_files(paths: Iterable[Path]) -> list[Path]:
@@ -206,7 +215,7 @@ def _item(
 ) -> Item:
     custom_id = data.get(CUSTOM_ID_FIELD) if data is not None else None
     if custom_id is None or custom_id == "":
-        item_id = f"{name}:{number}"
+        item_id = f"{name}:{number}"  # Item.place
     else:
         item_id = custom_id if isinstance(custom_id, str) else str(custom_id)
     return Item(item_id, name, number, ordinal, data, error)
@@ -234,12 +243,10 @@ def _iter_jsonl(
             if line.isspace() or not line:
                 continue
             number += 1
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                data, reason = None, _decode_error(line, error, whole_file=False)
+            if len(line) > MAX_LINE_BYTES:
+                data, reason = None, f"{len(line):,} bytes, more than an item may have (4 MiB)"
             else:
-                reason = None if type(data) is dict else f"not a JSON object (got {_kind(data)})"
+                data, reason = _parse_line(line)
             if reason is not None:
                 if lines_before is None:
                     lines_before = _count_newlines(path, resume_offset)
@@ -249,6 +256,28 @@ def _iter_jsonl(
                 Cursor(file_index, offset, number, ordinal + 1),
             )
             ordinal += 1
+
+
+def _parse_line(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The object on a JSONL line, or why there is none."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return None, _decode_error(line, error, whole_file=False)
+    if type(data) is not dict:
+        return None, f"not a JSON object (got {_kind(data)})"
+    return data, None
+
+
+def check_has_items(path: Path) -> None:
+    """Refuse an input file with no item in it, reading no further than its first one."""
+    if _suffix(path) == JSONL_SUFFIX:
+        with _open(path) as handle:
+            if any(line.strip() and line.strip() != _BOM for line in handle):
+                return
+        raise InputError(f"{path}: no items (the file is empty or has only blank lines)")
+    if _json_elements(path) == []:
+        raise InputError(f"{path}: no items (an empty file or an empty JSON array)")
 
 
 def _iter_json(

@@ -42,6 +42,11 @@ def parts_carried(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:carried"
 
 
+def custom_ids(run_id: str) -> str:
+    """Hash: an item's own ``custom_id`` -> the first item that used it ("ordinal id")."""
+    return f"{PREFIX}:run:{run_id}:custom-ids"
+
+
 def feed_lock(run_id: str) -> str:
     """Lock: held by the one feeder of a run."""
     return f"{PREFIX}:run:{run_id}:feed-lock"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from mitrailleuse.config import ProviderName, TaskConfig, load_config
 from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
-from mitrailleuse.inputs import sorted_input_files
+from mitrailleuse.inputs import check_has_items, sorted_input_files
 from mitrailleuse.providers import provider_class
 
 #: Every state a task goes through (DESIGN.md, status.json).
@@ -163,6 +163,24 @@ class TaskFolder:
         return self.path / "logs"
 
     @property
+    def log_path(self) -> Path:
+        """The task's run log: one line per submission, resume, cancel and end."""
+        return self.logs_dir / "run.log"
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to the run log.
+
+        One ``O_APPEND`` write per line: lines from several processes never interleave.
+        """
+        self.logs_dir.mkdir(exist_ok=True)
+        line = f"{now().isoformat(timespec='seconds')} {message}\n".encode()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    @property
     def status_path(self) -> Path:
         """The task's state file."""
         return self.path / "status.json"
@@ -232,6 +250,8 @@ def create_task_folder(
     provider_class(provider)  # an unknown name is refused, with the closest known one
     config.provider(provider)  # a plug-in's section is validated now, not at run time
     files = sorted_input_files(p for p in inputs if not isinstance(p, dict))
+    for path in files:
+        check_has_items(path)
     user_dir = tasks_dir / user_id
     user_dir.mkdir(parents=True, exist_ok=True)
     config = config.model_copy(deep=True)

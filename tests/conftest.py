@@ -110,6 +110,7 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
         concurrency: int = 16,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> WorkerProcess:
         worker = WorkerProcess(
             {**fleet_env, **(env or {})},
@@ -117,6 +118,7 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
             concurrency,
             name or f"w{len(started)}-{os.getpid()}-{time.monotonic_ns()}",
             cwd=REPO,
+            extra=extra,
         )
         started.append(worker)
         return worker.wait_ready()

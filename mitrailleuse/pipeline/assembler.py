@@ -71,13 +71,16 @@ def write_part(run: RunState, part: int, final: bool = True) -> None:
 def finish_if_complete(run: RunState) -> bool:
     """Assemble the run if every chunk is on disk (or it was cancelled and nothing is in flight)."""
     info = run.info()
-    complete = info.get("exhausted") == "1" and run.parts_done() >= int(info["parts_total"])
-    stopped = info.get("cancelled") == "1" and run.parts_in_flight() <= 0
-    if not (complete or stopped):
+    all_parts = info.get("exhausted") == "1" and run.parts_done() >= int(info["parts_total"])
+    cancelled = info.get("cancelled") == "1"
+    if not (all_parts or (cancelled and run.parts_in_flight() <= 0)):
         return False
     if not run.redis.set(keys.finish_lock(run.run_id), 1, nx=True):
         return False
-    assemble(run, TaskFolder(Path(info["task_path"])), "completed" if complete else "cancelled")
+    counts = run.counts()
+    complete = all_parts and counts["done"] >= counts["total"]
+    state = "cancelled" if cancelled and not complete else "completed"
+    assemble(run, TaskFolder(Path(info["task_path"])), state)
     return True
 
 
@@ -87,6 +90,7 @@ def fail_run(run: RunState, message: str) -> None:
     run.set(state="failed")
     folder = TaskFolder(Path(run.get("task_path") or ""))
     folder.update_status(state="failed", message=message, finished_at=now())
+    folder.log(f"run {run.run_id} failed: {message}")
     run.redis.publish(keys.events(run.run_id), b"finished")
 
 
@@ -133,6 +137,10 @@ def assemble(run: RunState, folder: TaskFolder, state: str) -> None:
         status.model_copy(update={"state": state, "counts": counts, "finished_at": finished})
     )
     run.set(state=state)
+    folder.log(
+        f"run {run.run_id} {state}: {counts.succeeded} succeeded, {counts.failed} failed,"
+        f" {counts.total - counts.done} not done, in {duration_s:.1f}s"
+    )
     run.redis.publish(keys.events(run.run_id), b"finished")
     run.retire()
 

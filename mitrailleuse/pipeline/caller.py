@@ -105,6 +105,9 @@ def call_group(
     grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
     if not isinstance(grant, Grant):
         return CallOutcome(retry_in_s=grant, attempted=False)
+    if run.cancelled:  # cancelled while waiting for the grant: no call starts after cancel
+        context.limiter.release(grant, 0)
+        return CallOutcome()
     started = time.monotonic()
     used_tokens = None
     try:

@@ -104,10 +104,19 @@ def build_chunk(
     provider, section = provider_class(name), config.provider(name)
     messages: list[dict[str, Any]] = []
     invalid: list[tuple[int, dict[str, Any]]] = []
+    duplicates = run.duplicate_ids(
+        [(item.id, item.ordinal, item.place) for item in items if item.id != item.place]
+    )
     for item in items:
-        if item.id in already_recorded:
+        first = duplicates.get(item.ordinal)
+        item_id = item.place if first is not None else item.id
+        if item_id in already_recorded:
             continue
-        ref = ItemRef(item.id, item.input_file, item.index, item.ordinal)
+        ref = ItemRef(item_id, item.input_file, item.index, item.ordinal)
+        if first is not None:
+            reason = f"duplicate custom_id {item.id!r}: item {first} has it"
+            invalid.append((item.ordinal, invalid_input(ref, name, reason)))
+            continue
         if item.data is None:
             invalid.append((item.ordinal, invalid_input(ref, name, item.error or "invalid")))
             continue

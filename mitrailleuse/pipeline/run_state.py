@@ -184,6 +184,30 @@ class RunState:
         """Whether chunk ``part`` was sent (by a feeder that died before saving its cursor)."""
         return bool(self.redis.getbit(keys.parts_dispatched(self.run_id), part))
 
+    def duplicate_ids(self, items: list[tuple[str, int, str]]) -> dict[int, str]:
+        """Claim each ``(custom_id, ordinal, place)``; ordinals whose id an earlier item holds.
+
+        The value maps each such ordinal to the place (``file:index``) of the first holder. A
+        chunk fed twice finds its own claims, which are not duplicates.
+        """
+        if not items:
+            return {}
+        key = keys.custom_ids(self.run_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for custom_id, ordinal, place in items:
+            pipe.hsetnx(key, custom_id, f"{ordinal} {place}")
+        claimed = pipe.execute()
+        taken = [item for item, new in zip(items, claimed, strict=True) if not new]
+        if not taken:
+            return {}
+        holders = self.redis.hmget(key, [custom_id for custom_id, _, _ in taken])
+        duplicates = {}
+        for (_, ordinal, _), holder in zip(taken, holders, strict=True):
+            first, place = holder.decode().split(" ", 1)
+            if int(first) != ordinal:
+                duplicates[ordinal] = place
+        return duplicates
+
     def carry(self, part: int, records: list[dict[str, Any]]) -> None:
         """Count a chunk's records found on disk into this run, once however often it is fed."""
         if self.redis.hsetnx(keys.parts_carried(self.run_id), part, len(records)):

@@ -19,6 +19,7 @@ import orjson
 import redis
 
 from mitrailleuse.batch.state import all_states as batch_states
+from mitrailleuse.errors import InputError
 from mitrailleuse.inputs import count_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
@@ -49,6 +50,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     if previous is not None and previous.get("state") not in FINAL_STATES:
         if not previous.cancelled:
             start_feeding(previous)
+            folder.log(f"run {previous.run_id}: feeding started again")
             return previous
         _drain(previous)
     config = folder.config()
@@ -57,6 +59,8 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     sampling = config.general.sampling
     limit = sampling.sample_size if sampling.enable_sampling else None
     total = count_items(folder.input_files(), limit)
+    if total == 0:
+        raise InputError(f"{folder.inputs_dir}: no items to send")
     batch_size = section.batch.batch_size
     mode = _mode(provider, section.batch.is_batch_active)
     run = RunState(client, uuid.uuid4().hex)
@@ -83,6 +87,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
         message=None,
     )
     start_feeding(run)
+    folder.log(f"run {run.run_id} submitted: {total} items, {mode} mode, {provider}")
     return run
 
 
@@ -93,6 +98,7 @@ def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
         return run
     run.cancel()
     folder.update_status(state="cancelled", counts=Counts(**run.counts()))
+    folder.log(f"run {run.run_id} cancelled: no new call starts; in-flight calls finish")
     if run.get("mode") == "batch":
         from mitrailleuse.pipeline.tasks import cancel_native_batches
 

@@ -36,11 +36,20 @@ def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]], attemp
         raise self.retry(
             args=(run_id, part, items),
             kwargs={"attempt": next_attempt},
-            countdown=outcome.retry_in_s,
+            countdown=min(outcome.retry_in_s, max_countdown_s()),
             argsrepr=self.request.argsrepr,  # monitoring keeps showing ids, never the requests
             kwargsrepr=self.request.kwargsrepr,
         )
     return outcome.stored
+
+
+def max_countdown_s() -> float:
+    """The longest a retry may wait.
+
+    A message held past the visibility timeout is delivered again, so a longer wait is cut
+    short, and the woken task asks the limiter again.
+    """
+    return app.conf.broker_transport_options["visibility_timeout"] / 2
 
 
 @app.task(name="mitrailleuse.feed", ignore_result=True)

@@ -236,6 +236,24 @@ class SimState:
                 return code
         return None
 
+    def active_markers(
+        self, api: str, text: str, markers: dict[str, int | None]
+    ) -> dict[str, int | None]:
+        """The markers in force for this request.
+
+        ``[[name-once]]`` acts as ``[[name]]`` only the first time a text is sent, so that a
+        test sees a fault and then its retry succeed.
+        """
+        once = [name for name in markers if name.endswith("-once")]
+        if not once:
+            return markers
+        active = {name: code for name, code in markers.items() if name not in once}
+        key = (api, text + "\0once")
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if self.attempts[key] == 1:
+            active.update({name.removesuffix("-once"): markers[name] for name in once})
+        return active
+
     def record(self, t: float, endpoint: str, status: int, texts: list[str]) -> None:
         """Append one entry to the request log (when enabled)."""
         if self.settings.record_log:

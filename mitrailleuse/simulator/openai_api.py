@@ -286,6 +286,7 @@ class OpenAIApi:
         self, user: str, markers: dict[str, int | None], headers: dict[str, str] | None
     ) -> web.Response | None:
         """Apply the fault markers of a chat request; ``None`` means answer normally."""
+        markers = self.state.active_markers("chat", user, markers)
         status = self.state.fault_status("chat", user, markers)
         if status is not None:
             extra = dict(headers or {})

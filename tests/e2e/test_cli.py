@@ -92,8 +92,18 @@ def test_bad_usage_and_bad_paths_exit_2(workdir):
     assert cli("nonsense", cwd=workdir).returncode == 2
     missing = create(workdir, "u", "t", "--input", "missing.jsonl")
     assert missing.returncode == 2 and "missing.jsonl" in missing.stderr
-    outside = cli("get", "--task-path", "/etc", cwd=workdir)
-    assert outside.returncode == 2 and "Traceback" not in outside.stderr
+
+
+@pytest.mark.parametrize("path", ["/etc", "tasks/../..", "../../.."])
+@pytest.mark.parametrize(
+    "command", [("get", "--task-path"), ("execute", "--task-path"), ("status",), ("cancel",)]
+)
+def test_task_paths_outside_the_tasks_dir_are_refused(workdir, command, path):
+    (workdir / "tasks").mkdir(exist_ok=True)
+    outside = cli(*command, path, cwd=workdir, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert outside.returncode == 2, outside.stderr
+    assert "outside" in outside.stderr or "not a task" in outside.stderr, outside.stderr
+    assert len(outside.stderr.strip().splitlines()) == 1 and "Traceback" not in outside.stderr
 
 
 def test_run_executes_on_the_embedded_broker(workdir, sim):

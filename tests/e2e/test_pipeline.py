@@ -47,37 +47,6 @@ def test_every_item_once_in_order_with_its_own_answer(tmp_path, tasks_dir, sim, 
     assert task.errors_path.read_bytes() == b""
 
 
-def test_invalid_lines_fail_alone(tmp_path, tasks_dir, sim, start_worker):
-    start_worker()
-    source = tmp_path / "mixed.jsonl"
-    source.write_bytes(
-        b'{"input_text": "first"}\n'
-        b"{not json\n"
-        b"\n"
-        b'{"other": "no prompt here"}\n'
-        b"[1, 2]\n"
-        b'{"input_text": "last"}\n'
-    )
-    m = Mitrailleuse()
-    task = m.create_task("bob", "openai", "mixed", None, [source])
-    progress = m.submit(task).wait(timeout=60)
-
-    assert progress.state == "completed"
-    records = results(task)
-    assert [r["status"] for r in records] == [
-        "succeeded",
-        "failed",
-        "failed",
-        "failed",
-        "succeeded",
-    ]
-    assert [r["index"] for r in records] == [1, 2, 3, 4, 5]
-    assert {r["error"]["type"] for r in records if r["error"]} == {"invalid_input"}
-    assert "prompt" in records[2]["error"]["message"]
-    assert sim.stats()["chat_requests"] == 2
-    assert len(task.errors_path.read_bytes().splitlines()) == 3
-
-
 def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
     from mitrailleuse.pipeline.app import app
 
@@ -113,8 +82,9 @@ def test_cancel_stops_calls_and_execute_resumes(tmp_path, tasks_dir, sim, start_
     log = sim.log()
     late = [entry for entry in log if entry["t"] > cancelled_at + 0.05]
     assert late == [], f"{len(late)} calls started after cancel returned"
-    sent_before = len(log)
-    assert sent_before < 300
+    assert len(log) < 300
+    kept = results(task)  # the records written so far stay, in results.jsonl
+    assert len(kept) == progress.done > 0
 
     resumed = m.submit(task).wait(timeout=120)
     assert resumed.state == "completed"
@@ -122,3 +92,4 @@ def test_cancel_stops_calls_and_execute_resumes(tmp_path, tasks_dir, sim, start_
     assert [r["index"] for r in records] == list(range(1, 301))
     assert all(r["status"] == "succeeded" for r in records)
     assert sim.stats()["chat_requests"] == 300, "an item was sent twice"
+    assert all(record in records for record in kept), "a record written before cancel changed"

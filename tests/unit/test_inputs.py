@@ -11,6 +11,7 @@ import pytest
 
 from mitrailleuse.errors import InputError
 from mitrailleuse.inputs import (
+    MAX_LINE_BYTES,
     Cursor,
     Item,
     count_items,
@@ -128,12 +129,15 @@ def test_missing_prompt_field_is_fine_here(tmp_path: Path) -> None:
     assert [(i.data, i.error) for i in got] == [({"something": "else"}, None), ({}, None)]
 
 
-def test_ten_megabyte_line(tmp_path: Path) -> None:
+def test_a_line_over_the_item_limit_fails_alone(tmp_path: Path) -> None:
+    fits = "x" * (MAX_LINE_BYTES - 100)
     big = "x" * (10 * 1024 * 1024)
-    f = jsonl(tmp_path / "big.jsonl", {"a": 1}, {"input_text": big}, {"a": 3})
+    f = jsonl(tmp_path / "big.jsonl", {"a": fits}, {"input_text": big}, {"a": 3})
     got = items([f])
     assert len(got) == 3
-    assert got[1].data == {"input_text": big}
+    assert got[0].data == {"a": fits}
+    assert got[1].data is None and got[1].error.startswith("line 2: 10,485,7")
+    assert "more than an item may have (4 MiB)" in got[1].error
     assert got[2].data == {"a": 3}
     assert count_items([f]) == 3
 
