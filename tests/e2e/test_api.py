@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from celery.result import denied_join_result
@@ -151,3 +152,17 @@ def test_a_raising_item_callback_does_not_break_the_run(tmp_path, tasks_dir, sim
         raise ValueError("callback bug")
 
     assert m.submit(task, on_item=boom).wait(timeout=60).succeeded == 10
+
+
+def test_the_readme_example_runs(tmp_path, tasks_dir, sim, worker, capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### From Python", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    deadline = time.monotonic() + 10
+    while "done " not in printed and time.monotonic() < deadline:  # callbacks come from a thread
+        time.sleep(0.1)
+        printed += capsys.readouterr().out
+    assert "1 / 1" in printed and "items.jsonl:1 succeeded" in printed and "done " in printed
+    assert "What is the capital of France?" in printed  # the simulator's echo: the output
