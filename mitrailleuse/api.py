@@ -56,6 +56,13 @@ class Progress:
     succeeded: int
     failed: int
     cached: int
+    #: What the run's records cost so far, in US dollars (records of earlier runs included).
+    spent_usd: float = 0.0
+
+    @property
+    def projected_usd(self) -> float | None:
+        """The whole run's cost at the spend per item so far (None before the first record)."""
+        return self.spent_usd / self.done * self.total if self.done else None
 
     @property
     def finished(self) -> bool:
@@ -87,16 +94,22 @@ class Run:
     def progress(self) -> Progress:
         """Counts and state, live from Redis while the run goes on.
 
-        A cancelled run is ``cancelling`` until its in-flight items have their records and its
-        outputs are written; only then is it ``cancelled`` (finished).
+        A cancelled run is ``cancelling`` (``stopping`` when its budget ran out) until its
+        in-flight items have their records and its outputs are written; only then is it
+        ``cancelled`` (``stopped_budget``), finished.
         """
         status = self.folder.status()
         run = RunState(self._redis, status.run_id) if status.run_id else None
         if run is not None and run.exists():
-            state = run.get("state") or status.state
+            info = run.info()
+            state = info.get("state") or status.state
             if state not in FINAL_STATES:
-                return Progress(state="cancelling" if run.cancelled else state, **run.counts())
-        return Progress(state=status.state, **status.counts.model_dump())
+                if info.get("cancelled") == "1":
+                    state = "stopping" if info.get("stop_state") else "cancelling"
+                return Progress(state=state, **run.counts(), spent_usd=run.spent_usd())
+        summary = self.folder.summary()
+        spent = summary.get("cost_usd", 0.0) if summary.get("run_id") == status.run_id else 0.0
+        return Progress(state=status.state, **status.counts.model_dump(), spent_usd=spent)
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> Progress:
         """Block until the run ends; raises TimeoutError after ``timeout`` seconds."""

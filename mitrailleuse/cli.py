@@ -124,6 +124,9 @@ def execute(
         int | None, typer.Option("--task-number", help="As `list` numbers it.")
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Return once submitted.")] = False,
+    estimate: Annotated[
+        bool, typer.Option("--estimate", help="Print the projected tokens and cost; call nothing.")
+    ] = False,
 ) -> None:
     """Submit a task to the fleet; by default wait, with a progress bar."""
     client = _client()
@@ -133,12 +136,37 @@ def execute(
         folder = find_task(client.tasks_dir, user_id, task_name, task_number)
     else:
         _fail("give --task-path, or --user-id with --task-name or --task-number")
+    if estimate:
+        _print_estimate(folder)
+        return
     run = client.submit(folder)
     _warn_if_unserved(folder.provider)
     out.print(f"submitted run {run.run_id} of {folder.path}", highlight=False, soft_wrap=True)
     if detach:
         return
     _finish(run)
+
+
+def _print_estimate(folder: TaskFolder) -> None:
+    from mitrailleuse.cost.estimate import estimate
+
+    found = estimate(folder)
+    table = Table(title=f"estimate: {folder.path.name}", show_header=False)
+    table.add_row("provider / model", f"{found.provider} / {found.model}")
+    table.add_row("mode", "native batch (discounted)" if found.batch else "realtime")
+    table.add_row(
+        "items sent", f"{found.items:,}" + (f" ({found.invalid:,} invalid)" * bool(found.invalid))
+    )
+    table.add_row(f"prompt {found.unit}", f"{found.prompt_units:,}")
+    if found.unit == "tokens":
+        table.add_row("completion tokens, at most", f"{found.completion_budget:,} (max_tokens)")
+    low, high = found.cost_usd(False), found.cost_usd(True)
+    if low is None or high is None:
+        table.add_row("cost", "unknown: no price for this model (general.prices)")
+    else:
+        table.add_row("cost, prompt only", f"${low:.4f}")
+        table.add_row("cost, at most", f"${high:.4f}")
+    out.print(table)
 
 
 def _warn_if_unserved(provider: str) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mitrailleuse.cost.pricing import ModelPrice
 from mitrailleuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ class SimilaritySettings(Section):
     cooldown_period: float = Field(default=300, ge=0)
     max_recent_responses: int = Field(default=100, ge=1)
     close_after_use: bool = False
+    #: Ask again (after ``cooldown_period`` seconds) up to this many times when an answer is
+    #: too similar to a recent one; 0 only marks the record. Every re-ask is paid for.
+    reask_attempts: int = Field(default=0, ge=0, le=10)
 
 
 class SimilarityCheck(Section):
@@ -177,6 +181,19 @@ class SimilarityCheck(Section):
 
     enabled: bool = False
     settings: SimilaritySettings = Field(default_factory=SimilaritySettings)
+
+
+class CacheSettings(Section):
+    """The response cache: an identical request is answered from it, free and without a call.
+
+    ``auto`` caches what gives the same answer twice: chat calls at ``temperature`` 0, and DeepL.
+    """
+
+    enabled: bool | Literal["auto"] = "auto"
+    ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    #: Also keep answers in the task folder's ``cache/``, so a re-run on another machine
+    #: (another Redis) still finds them.
+    file: bool = True
 
 
 class General(Section):
@@ -192,6 +209,13 @@ class General(Section):
     db: Db = Field(default_factory=Db)
     similarity_check: SimilarityCheck = Field(default_factory=SimilarityCheck)
     max_items_in_flight: int = Field(default=2000, ge=1)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    #: Stop dispatching before the run's spend (with calls in flight at their worst case)
+    #: would pass this many US dollars; ``execute`` again with a higher limit goes on.
+    cost_limit_usd: float | None = Field(default=None, gt=0)
+    #: Price overrides, ``{"openai": {"gpt-4o": {"input_per_mtok": 2.5, ...}}}``; the shipped
+    #: table is ``mitrailleuse/cost/prices.json``.
+    prices: dict[str, dict[str, ModelPrice]] = Field(default_factory=dict)
 
 
 class TaskConfig(Section):

@@ -30,6 +30,7 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
         TextColumn("{task.fields[rate]:.0f}/s"),
         TextColumn("[red]{task.fields[failed]} failed"),
         TextColumn("{task.fields[limits]}"),
+        TextColumn("{task.fields[spend]}"),
         TimeRemainingColumn(),
         console=console,
         transient=False,
@@ -39,7 +40,7 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
     with bar:
         current = run.progress()
         task = bar.add_task(
-            "run", total=current.total, state=current.state, rate=0.0, failed=0, limits=""
+            "run", total=current.total, state=current.state, rate=0.0, failed=0, limits="", spend=""
         )
         while True:
             current = run.progress()
@@ -53,6 +54,7 @@ def follow(run: Run, poll_s: float = 0.5) -> RunProgress:
                 rate=current.done / elapsed,
                 failed=current.failed,
                 limits="" if batch_mode else rates_line(run.rates()),
+                spend=spend_line(current),
             )
             if current.finished:
                 return current
@@ -69,9 +71,18 @@ def rates_line(rates: Rates) -> str:
     return line
 
 
+def spend_line(progress: RunProgress) -> str:
+    """What the run cost so far, and the whole run at that pace: ``$0.0123 → ~$0.0510``."""
+    projected = progress.projected_usd
+    if projected is None:
+        return ""
+    return f"${progress.spent_usd:.4f} → ~${projected:.4f}"
+
+
 def summary_line(progress: RunProgress) -> str:
     """One line on how the run ended."""
     return (
         f"{progress.state}: {progress.done}/{progress.total} done, "
-        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.cached} cached"
+        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.cached} cached, "
+        f"${progress.spent_usd:.6f}"
     )

@@ -85,3 +85,23 @@ def native_batches() -> str:
 def poll_lock() -> str:
     """Lock: held by the one ``poll_native_batches`` running."""
     return f"{PREFIX}:native-batches:poll-lock"
+
+
+def cache_entry(request_hash: str) -> str:
+    """String: a cached answer, shared by every run of the fleet (expires after its TTL)."""
+    return f"{PREFIX}:cache:{request_hash}"
+
+
+def cache_claim(request_hash: str) -> str:
+    """String: the run calling for this request right now; identical items wait for it."""
+    return f"{PREFIX}:cache:{request_hash}:claim"
+
+
+def cache_new(run_id: str) -> str:
+    """List: answers cached by the run, not yet appended to the task's ``cache/`` file."""
+    return f"{PREFIX}:run:{run_id}:cache-new"
+
+
+def recent_answers(run_id: str) -> str:
+    """List: the run's last answers ("id NUL text"), for the similarity check."""
+    return f"{PREFIX}:run:{run_id}:recent"

@@ -43,8 +43,9 @@ def succeeded(
     latency_ms: int,
     mode: Mode = "realtime",
     cost_usd: float | None = None,
+    cached: bool = False,
 ) -> dict[str, Any]:
-    """The record of an item the provider answered."""
+    """The record of an item the provider answered (or the response cache, for it)."""
     return {
         "id": item.id,
         "input_file": item.input_file,
@@ -56,7 +57,7 @@ def succeeded(
         "response": answer.response,
         "error": None,
         "attempts": attempts,
-        "cached": False,
+        "cached": cached,
         "usage": answer.usage,
         "cost_usd": cost_usd,
         "latency_ms": latency_ms,

@@ -29,10 +29,17 @@ from mitrailleuse.providers import provider_class
 
 #: Every state a task goes through (DESIGN.md, status.json).
 TaskState = Literal[
-    "created", "queued", "running", "batch_submitted", "completed", "failed", "cancelled"
+    "created",
+    "queued",
+    "running",
+    "batch_submitted",
+    "completed",
+    "failed",
+    "cancelled",
+    "stopped_budget",
 ]
 #: States after which nothing more happens unless the task is executed again.
-FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+FINAL_STATES = frozenset({"completed", "failed", "cancelled", "stopped_budget"})
 
 _FOLDER_NAME = re.compile(r"^([a-z][a-z0-9-]*)_(.+)_(\d{2}_\d{2}_\d{4}_\d{6})$")
 _FORBIDDEN = re.compile(r"[/\\\x00]")
@@ -158,6 +165,11 @@ class TaskFolder:
         return self.outputs_dir / "summary.json"
 
     @property
+    def cache_dir(self) -> Path:
+        """Answers kept for a re-run where Redis never saw them (``responses.jsonl``)."""
+        return self.path / "cache"
+
+    @property
     def logs_dir(self) -> Path:
         """The run's log files."""
         return self.path / "logs"
@@ -202,6 +214,11 @@ class TaskFolder:
         return sorted_input_files(
             p for p in self.inputs_dir.iterdir() if p.is_file() and not p.name.startswith(".")
         )
+
+    def summary(self) -> dict[str, Any]:
+        """The last run's ``outputs/summary.json`` (empty before a run ended)."""
+        path = self.summary_path
+        return orjson.loads(path.read_bytes()) if path.exists() else {}
 
     def status(self) -> Status:
         """The task's current ``status.json``."""

@@ -21,6 +21,7 @@ import redis
 from mitrailleuse import keys
 from mitrailleuse.batch import state as batches
 from mitrailleuse.batch.submit import downloaded, submit, write_retry_batch
+from mitrailleuse.cost.pricing import ModelPrice, cost_usd
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.caller import context_for
 from mitrailleuse.pipeline.run_state import RunState
@@ -82,11 +83,17 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
     state.next_check_at = time.time() + section.batch.batch_check_time
     batches.save(folder, state)
     if batch.status in batches.FINAL_RAW:
-        collect(run, folder, state, context.provider)
+        collect(run, folder, state, context.provider, context.price)
     return 1
 
 
-def collect(run: RunState, folder: TaskFolder, state: batches.BatchState, provider: Any) -> None:
+def collect(
+    run: RunState,
+    folder: TaskFolder,
+    state: batches.BatchState,
+    provider: Any,
+    price: ModelPrice | None,
+) -> None:
     """Turn an ended batch's files into one record per item; resend the missing ones once."""
     openai = provider.client
     refs: dict[str, ItemRef] = {}
@@ -106,7 +113,7 @@ def collect(run: RunState, folder: TaskFolder, state: batches.BatchState, provid
                     entry = orjson.loads(line)
                     ref = refs.get(entry.get("custom_id"))
                     if ref is not None and ref.id not in records:
-                        records[ref.id] = _record(ref, entry, provider, attempts)
+                        records[ref.id] = _record(ref, entry, provider, attempts, price)
     missing = {item_id for item_id in refs if item_id not in records}
     retry_parts: set[int] = set()
     if missing and not run.cancelled:
@@ -140,7 +147,9 @@ def collect(run: RunState, folder: TaskFolder, state: batches.BatchState, provid
     assembler.finish_if_complete(run)
 
 
-def _record(ref: ItemRef, entry: dict[str, Any], provider: Any, attempts: int) -> dict[str, Any]:
+def _record(
+    ref: ItemRef, entry: dict[str, Any], provider: Any, attempts: int, price: ModelPrice | None
+) -> dict[str, Any]:
     response = entry.get("response") or {}
     status = response.get("status_code")
     body = response.get("body") or {}
@@ -151,8 +160,9 @@ def _record(ref: ItemRef, entry: dict[str, Any], provider: Any, attempts: int) -
             return failed(
                 ref, provider.name, provider.model, error.as_record_error(), attempts, mode="batch"
             )
+        cost = cost_usd(price, answer.usage, batch=True)
         return succeeded(
-            ref, provider.name, provider.model, answer, attempts, latency_ms=0, mode="batch"
+            ref, provider.name, provider.model, answer, attempts, 0, mode="batch", cost_usd=cost
         )
     detail = (body.get("error") or {}) if isinstance(body, dict) else {}
     error = entry.get("error") or {}

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from mitrailleuse import keys
+from mitrailleuse.pipeline.cache import save_new_answers
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
 
@@ -61,6 +62,7 @@ def write_part(run: RunState, part: int, final: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, b"".join(orjson.dumps(record) + b"\n" for record in ordered))
     run.drop_part_records(part)
+    save_new_answers(run.redis, run.run_id, folder.cache_dir)
     if not final:
         return
     run.mark_done(part)
@@ -79,8 +81,8 @@ def finish_if_complete(run: RunState) -> bool:
         return False
     counts = run.counts()
     complete = all_parts and counts["done"] >= counts["total"]
-    state = "cancelled" if cancelled and not complete else "completed"
-    assemble(run, TaskFolder(Path(info["task_path"])), state)
+    state = "completed" if complete or not cancelled else info.get("stop_state", "cancelled")
+    assemble(run, TaskFolder(Path(info["task_path"])), state, info.get("stop_reason"))
     return True
 
 
@@ -94,8 +96,9 @@ def fail_run(run: RunState, message: str) -> None:
     run.redis.publish(keys.events(run.run_id), b"finished")
 
 
-def assemble(run: RunState, folder: TaskFolder, state: str) -> None:
+def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None = None) -> None:
     """Concatenate the part files into the run's outputs, in input order."""
+    save_new_answers(run.redis, run.run_id, folder.cache_dir)
     folder.outputs_dir.mkdir(exist_ok=True)
     parts = sorted(folder.parts_dir.glob("part-*.jsonl")) if folder.parts_dir.exists() else []
     tally = _Tally()
@@ -134,12 +137,15 @@ def assemble(run: RunState, folder: TaskFolder, state: str) -> None:
         },
     )
     folder.write_status(
-        status.model_copy(update={"state": state, "counts": counts, "finished_at": finished})
+        status.model_copy(
+            update={"state": state, "counts": counts, "finished_at": finished, "message": reason}
+        )
     )
     run.set(state=state)
     folder.log(
         f"run {run.run_id} {state}: {counts.succeeded} succeeded, {counts.failed} failed,"
-        f" {counts.total - counts.done} not done, in {duration_s:.1f}s"
+        f" {counts.total - counts.done} not done, ${tally.cost_usd:.6f} in {duration_s:.1f}s"
+        + (f" ({reason})" if reason else "")
     )
     run.redis.publish(keys.events(run.run_id), b"finished")
     run.retire()

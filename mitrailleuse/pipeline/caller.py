@@ -19,9 +19,13 @@ from typing import Any
 import orjson
 
 from mitrailleuse.config import TaskConfig, parse_config
+from mitrailleuse.cost.budget import RunBudget
+from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key
+from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
 from mitrailleuse.pipeline.run_state import RunState
-from mitrailleuse.providers import ErrorKind, Provider, ProviderError, provider_class
+from mitrailleuse.pipeline.similarity import check_answers
+from mitrailleuse.providers import Answer, ErrorKind, Provider, ProviderError, provider_class
 from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
 from mitrailleuse.records import ItemRef, failed, succeeded
 
@@ -30,6 +34,12 @@ log = logging.getLogger(__name__)
 #: How many runs' providers (and their connection pools) a worker keeps open.
 MAX_CACHED_RUNS = 16
 
+
+#: How long a claim on a cached request outlives the call that holds it (a dead worker's
+#: claim expires, and an identical item calls for itself).
+CLAIM_MARGIN_S = 30.0
+#: How soon an item waiting for an identical in-flight request looks again.
+CLAIM_POLL_S = 1.0
 
 #: A wait for the rate limiter this short is slept in the worker thread; a longer one frees
 #: the slot: the task is re-scheduled with a countdown.
@@ -43,6 +53,14 @@ class RunContext:
     config: TaskConfig
     provider: Provider
     limiter: RedisLimiter
+    budget: RunBudget
+    price: ModelPrice | None
+    cache: ResponseCache | None
+
+    @property
+    def section(self) -> Any:
+        """The provider's config section."""
+        return self.provider.config
 
 
 _contexts: OrderedDict[str, RunContext] = OrderedDict()
@@ -61,7 +79,17 @@ def context_for(run: RunState) -> RunContext:
     section = config.provider(name)
     provider = provider_class(name)(section, resolve_api_key(name, section.api_key))
     limits = Limits.resolve(name, section.rate_limit)
-    context = RunContext(config, provider, RedisLimiter(run.redis, name, provider.model, limits))
+    general = config.general
+    context = RunContext(
+        config,
+        provider,
+        RedisLimiter(run.redis, name, provider.model, limits),
+        RunBudget(run.redis, run.run_id, general.cost_limit_usd),
+        price_of(name, provider.model, general.prices),
+        ResponseCache(run.redis, run.run_id, general.cache, section.timeout_s + CLAIM_MARGIN_S)
+        if cache_enabled(general.cache, provider)
+        else None,
+    )
     with _contexts_lock:
         _contexts[run.run_id] = context
         while len(_contexts) > MAX_CACHED_RUNS:
@@ -90,46 +118,175 @@ def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
 def call_group(
     run: RunState, part: int, messages: list[dict[str, Any]], attempt: int
 ) -> CallOutcome:
-    """Call the provider once for the items of ``messages`` that have no record yet."""
+    """Call the provider once for the items of ``messages`` that have no record yet.
+
+    Items the response cache knows are recorded as ``cached`` without a call; items an
+    identical in-flight request will answer wait for it (a short retry).
+    """
     gate = run.before_call(part, [m["ordinal"] for m in messages])
     pending = [m for m in messages if m["ordinal"] not in gate.recorded]
     if not pending or gate.cancelled:
         return CallOutcome()
     context = context_for(run)
-    provider, section = context.provider, context.config.provider(gate.provider)
-    items = [ItemRef.from_message(m) for m in pending]
+    provider = context.provider
     if gate.halted_reason:
         error = {"type": "quota_exceeded", "message": gate.halted_reason, "status_code": None}
+        items = [ItemRef.from_message(m) for m in pending]
         return _store_failed(run, part, provider, items, error, attempts=0)
+    hashes: dict[int, str] = {}
+    waiting: list[dict[str, Any]] = []
+    hits = 0
+    if context.cache is not None:
+        found = context.cache.lookup(provider, pending)
+        hits = _store_hits(run, part, provider, pending, found.hits)
+        context.cache.put(((found.hashes[o], a) for o, a in found.hits.items()), fresh=False)
+        pending, waiting, hashes = found.claimed, found.waiting, found.hashes
+    outcome = _call(run, part, context, pending, attempt, hashes) if pending else CallOutcome()
+    outcome.stored += hits
+    if waiting and outcome.retry_in_s is None:
+        outcome.retry_in_s, outcome.attempted = CLAIM_POLL_S, False
+    return outcome
+
+
+def _call(
+    run: RunState,
+    part: int,
+    context: RunContext,
+    pending: list[dict[str, Any]],
+    attempt: int,
+    hashes: dict[int, str],
+) -> CallOutcome:
+    """Reserve the budget, wait for the rate limiter, call, and store the records."""
+    provider, section = context.provider, context.section
+    items = [ItemRef.from_message(m) for m in pending]
     payloads = [m["request"] for m in pending]
-    grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
-    if not isinstance(grant, Grant):
-        return CallOutcome(retry_in_s=grant, attempted=False)
-    if run.cancelled:  # cancelled while waiting for the grant: no call starts after cancel
-        context.limiter.release(grant, 0)
+    claims = [hashes[item.ordinal] for item in items if item.ordinal in hashes]
+    worst = worst_case_usd(context.price, *provider.cost_units(payloads)) if context.price else 0.0
+    if not context.budget.reserve(worst):
+        _release(context, claims)
+        limit, spent = context.budget.limit_usd, run.spent_usd()
+        run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
         return CallOutcome()
-    started = time.monotonic()
-    used_tokens = None
     try:
-        result = provider.send(payloads, section.timeout_s)
-        used_tokens = provider.used_tokens(result.answers)
-    except ProviderError as error:
-        if error.kind is ErrorKind.RATE_LIMITED:
-            context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
-        return _after_error(run, part, provider, items, error, attempt, section.retry)
-    except Exception as error:  # a bug or an SDK surprise must not stall the chord
-        log.exception("unexpected error calling %s", provider.name)
-        wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
-        return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
+        grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
+        if not isinstance(grant, Grant):
+            _release(context, claims)
+            return CallOutcome(retry_in_s=grant, attempted=False)
+        if run.cancelled:  # cancelled while waiting for the grant: no call starts after cancel
+            context.limiter.release(grant, 0)
+            _release(context, claims)
+            return CallOutcome()
+        started = time.monotonic()
+        used_tokens = None
+        try:
+            result = provider.send(payloads, section.timeout_s)
+            used_tokens = provider.used_tokens(result.answers)
+        except ProviderError as error:
+            if error.kind is ErrorKind.RATE_LIMITED:
+                context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
+            _release(context, claims)
+            return _after_error(run, part, provider, items, error, attempt, section.retry)
+        except Exception as error:  # a bug or an SDK surprise must not stall the chord
+            log.exception("unexpected error calling %s", provider.name)
+            _release(context, claims)
+            wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
+            return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
+        finally:
+            context.limiter.release(grant, used_tokens)
+        context.limiter.observe(result.headers)
+        latency_ms = round((time.monotonic() - started) * 1000)
+        return _store_answers(
+            run, part, context, items, result.answers, attempt, latency_ms, hashes
+        )
     finally:
-        context.limiter.release(grant, used_tokens)
-    context.limiter.observe(result.headers)
-    latency_ms = round((time.monotonic() - started) * 1000)
+        context.budget.give_back(worst)
+
+
+def _store_answers(
+    run: RunState,
+    part: int,
+    context: RunContext,
+    items: list[ItemRef],
+    answers: list[Answer],
+    attempt: int,
+    latency_ms: int,
+    hashes: dict[int, str],
+) -> CallOutcome:
+    """Records of a call's answers; answers too like recent ones may be asked again instead."""
+    provider = context.provider
+    records = {
+        item.ordinal: succeeded(
+            item,
+            provider.name,
+            provider.model,
+            answer,
+            attempt,
+            latency_ms,
+            cost_usd=cost_usd(context.price, answer.usage),
+        )
+        for item, answer in zip(items, answers, strict=True)
+    }
+    reask: set[int] = set()
+    similarity = context.config.general.similarity_check
+    if similarity.enabled:
+        texts = [(item.id, answer.output) for item, answer in zip(items, answers, strict=True)]
+        matches = check_answers(run.redis, run.run_id, similarity.settings, texts)
+        for item in items:
+            match = matches.get(item.id)
+            if match is None:
+                continue
+            if attempt <= similarity.settings.reask_attempts:
+                reask.add(item.ordinal)
+                context.budget.spend(records[item.ordinal]["cost_usd"] or 0.0)
+            else:
+                records[item.ordinal].update(
+                    similar_to=match.similar_to, similarity=match.similarity
+                )
+    if context.cache is not None:
+        context.cache.put(
+            (hashes[item.ordinal], answer)
+            for item, answer in zip(items, answers, strict=True)
+            if item.ordinal in hashes and item.ordinal not in reask
+        )
+        _release(context, [hashes[o] for o in reask if o in hashes])
+    kept = [(o, record) for o, record in records.items() if o not in reask]
+    stored = run.store_records(part, kept)
+    if reask:
+        return CallOutcome(stored, retry_in_s=similarity.settings.cooldown_period)
+    return CallOutcome(stored)
+
+
+def _store_hits(
+    run: RunState,
+    part: int,
+    provider: Provider,
+    messages: list[dict[str, Any]],
+    hits: dict[int, Answer],
+) -> int:
+    """``cached`` records for the items the cache answered: no call, no cost."""
     records = [
-        (item.ordinal, succeeded(item, provider.name, provider.model, answer, attempt, latency_ms))
-        for item, answer in zip(items, result.answers, strict=True)
+        (
+            message["ordinal"],
+            succeeded(
+                ItemRef.from_message(message),
+                provider.name,
+                provider.model,
+                hits[message["ordinal"]],
+                attempts=0,
+                latency_ms=0,
+                cost_usd=0.0,
+                cached=True,
+            ),
+        )
+        for message in messages
+        if message["ordinal"] in hits
     ]
-    return CallOutcome(stored=run.store_records(part, records))
+    return run.store_records(part, records) if records else 0
+
+
+def _release(context: RunContext, claims: list[str]) -> None:
+    if context.cache is not None:
+        context.cache.release(claims)
 
 
 def _acquire(limiter: RedisLimiter, tokens: int, timeout_s: float) -> Grant | float:

@@ -29,6 +29,7 @@ from mitrailleuse.batch.submit import MAX_REQUESTS, BatchWriter
 from mitrailleuse.config import TaskConfig
 from mitrailleuse.inputs import Item, iter_items
 from mitrailleuse.pipeline import assembler
+from mitrailleuse.pipeline.cache import cache_enabled, load_file_cache
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import InvalidItem, Provider, provider_class
 from mitrailleuse.records import ItemRef, invalid_input
@@ -169,6 +170,7 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
     batch_size, window_parts = int(info["batch_size"]), int(info["window_parts"])
     limit = int(info["limit"]) if info.get("limit") else None
     if info.get("state") == "queued":
+        _load_file_cache(run, folder, config)
         run.set(state="running")
         folder.update_status(state="running")
     writer = _batch_writer(run, folder, config, info)
@@ -224,6 +226,16 @@ def _batch_writer(
     batch_size = int(info["batch_size"])
     per_batch = max(1, MAX_REQUESTS // batch_size) if section.batch.combine_batches else 1
     return BatchWriter(run, folder, provider, per_batch)
+
+
+def _load_file_cache(run: RunState, folder: TaskFolder, config: TaskConfig) -> None:
+    """Before the first chunk: answers kept in the task's ``cache/`` go into Redis."""
+    settings = config.general.cache
+    provider = provider_class(run.provider)(config.provider(run.provider), None)
+    if settings.file and cache_enabled(settings, provider):
+        loaded = load_file_cache(run.redis, folder.cache_dir, settings.ttl_s)
+        if loaded:
+            folder.log(f"run {run.run_id}: {loaded} cached answers loaded from cache/")
 
 
 def _send_closed(run: RunState, dispatcher: Dispatcher, number: int | None) -> None:

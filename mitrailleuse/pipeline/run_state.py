@@ -26,13 +26,16 @@ from mitrailleuse.inputs import Cursor
 COUNT_FIELDS = ("done", "succeeded", "failed", "cached")
 
 
-def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """The count fields of some records."""
-    counts = dict.fromkeys(COUNT_FIELDS, 0)
+def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The count fields of some records, and what they cost (``spent_usd``)."""
+    counts: dict[str, Any] = dict.fromkeys(COUNT_FIELDS, 0)
+    spent = 0.0
     for record in records:
         counts["done"] += 1
         counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
         counts["cached"] += bool(record.get("cached"))
+        spent += record.get("cost_usd") or 0.0
+    counts["spent_usd"] = spent
     return counts
 
 
@@ -110,6 +113,20 @@ class RunState:
         if value is None:
             raise LookupError(f"run {self.run_id} has no config in Redis")
         return value
+
+    def spent_usd(self) -> float:
+        """What the run's records cost so far (with those carried over from earlier runs)."""
+        return float(self.get("spent_usd") or 0.0)
+
+    def stop(self, state: str, reason: str) -> bool:
+        """End dispatching like ``cancel``, to end as ``state`` (e.g. ``stopped_budget``).
+
+        True for the first caller only: the others see the run already stopping.
+        """
+        if not self.redis.hsetnx(self.key, "stop_state", state):
+            return False
+        self.redis.hset(self.key, mapping={"stop_reason": reason, "cancelled": 1})
+        return True
 
     def counts(self) -> dict[str, int]:
         """``total`` and the count fields, as integers."""
@@ -254,13 +271,16 @@ class RunState:
         self.add_counts(record_counts(new))
         return len(new)
 
-    def add_counts(self, counts: dict[str, int]) -> None:
-        """Add to the run's counts, and tell listeners."""
+    def add_counts(self, counts: dict[str, Any]) -> None:
+        """Add to the run's counts and spend, and tell listeners."""
         if not counts.get("done"):
             return
         pipe = self.redis.pipeline(transaction=False)
         for name, value in counts.items():
-            if value:
+            if name == "spent_usd":
+                if value:
+                    pipe.hincrbyfloat(self.key, name, value)
+            elif value:
                 pipe.hincrby(self.key, name, value)
         pipe.publish(keys.events(self.run_id), b"progress")
         pipe.execute()

@@ -19,7 +19,9 @@ import orjson
 import redis
 
 from mitrailleuse.batch.state import all_states as batch_states
-from mitrailleuse.errors import InputError
+from mitrailleuse.config import TaskConfig
+from mitrailleuse.cost.pricing import price_of
+from mitrailleuse.errors import ConfigError, InputError
 from mitrailleuse.inputs import count_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
@@ -63,6 +65,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
         raise InputError(f"{folder.inputs_dir}: no items to send")
     batch_size = section.batch.batch_size
     mode = _mode(provider, section.batch.is_batch_active)
+    _check_priced(config, provider)
     run = RunState(client, uuid.uuid4().hex)
     run.create(
         {
@@ -115,6 +118,17 @@ def _mode(provider: str, batch_wanted: bool) -> str:
         return "batch"
     log.warning("%s has no native batch API: is_batch_active runs the live path", provider)
     return "realtime"
+
+
+def _check_priced(config: TaskConfig, provider: str) -> None:
+    """A cost limit needs the model's price: refuse the run before anything is sent."""
+    if config.general.cost_limit_usd is None:
+        return
+    model = provider_class(provider).model_name(config.provider(provider))
+    if price_of(provider, model, config.general.prices) is None:
+        raise ConfigError(
+            f"general.cost_limit_usd: no price for {provider}/{model}; add it under general.prices"
+        )
 
 
 def _next_batch_number(folder: TaskFolder) -> int:

@@ -130,6 +130,21 @@ class Provider(ABC):
         """Tokens a call may use, for the tokens-per-minute budget (0: not counted in tokens)."""
         return 0
 
+    def cost_units(self, payloads: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """``(prompt, completion budget)`` of a call, in the units the provider bills.
+
+        Tokens, or characters (DeepL). The budget reserves their worst-case price before the call.
+        """
+        return 0, 0
+
+    def deterministic(self) -> bool:
+        """Whether an identical request gets the same answer: what ``cache: auto`` caches."""
+        return False
+
+    def request_identity(self, payload: Mapping[str, Any]) -> Any:
+        """Everything that shapes the answer to a payload: the response cache hashes it."""
+        return {"model": self.model, "payload": payload}
+
     @staticmethod
     def used_tokens(answers: Sequence[Answer]) -> int | None:
         """Tokens a call used, from the response's usage (None: unknown)."""

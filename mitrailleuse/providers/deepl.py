@@ -103,6 +103,19 @@ class DeepLProvider(Provider):
             "source_lang": _language(item, config.source_lang, "source_lang"),
         }
 
+    def cost_units(self, payloads: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """DeepL bills the characters of the source texts."""
+        return sum(len(payload["text"]) for payload in payloads), 0
+
+    def deterministic(self) -> bool:
+        """A translation of the same text with the same options is the same."""
+        return True
+
+    def request_identity(self, payload: Mapping[str, Any]) -> Any:
+        """The text, its languages, and every option that changes the translation."""
+        options = ("formality", "glossary_id", "context", "preserve_formatting", "tag_handling")
+        return {**payload, **{name: getattr(self.config, name) for name in options}}
+
     @classmethod
     def group_key(cls, payload: Mapping[str, Any]) -> Hashable:
         """One request takes one target and one source language."""

@@ -117,16 +117,27 @@ class OpenAIProvider(Provider):
         Like the provider's own limiter, the completion counts as ``max_tokens`` until the
         response's usage corrects it.
         """
+        return sum(self.cost_units(payloads))
+
+    def cost_units(self, payloads: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """Prompt tokens (characters / 4, plus 4 per message) and ``max_tokens`` per call."""
         setting = self.config.api_information.setting
         completion = setting.get("max_completion_tokens") or setting.get("max_tokens") or 256
-        total = 0
+        prompt = 0
         for payload in payloads:
             for message in payload["messages"]:
                 content = message.get("content")
                 text = content if isinstance(content, str) else orjson.dumps(content).decode()
-                total += len(text) // 4 + 4
-            total += int(completion)
-        return total
+                prompt += len(text) // 4 + 4
+        return prompt, int(completion) * len(payloads)
+
+    def deterministic(self) -> bool:
+        """At temperature 0 the same request gets the same answer (as near as models allow)."""
+        return self.config.api_information.setting.get("temperature") == 0
+
+    def request_identity(self, payload: Mapping[str, Any]) -> Any:
+        """The whole body: model, every setting, the messages."""
+        return self.request_body(payload)
 
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The full JSON body for a payload, as the live call and a batch line send it."""
@@ -178,11 +189,11 @@ class OpenAIProvider(Provider):
                 status_code,
             ) from None
         usage = body.get("usage") or {}
-        return Answer(
-            output=output or "",
-            response=body,
-            usage={k: v for k, v in usage.items() if isinstance(v, int)},
-        )
+        counts = {k: v for k, v in usage.items() if isinstance(v, int)}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached:
+            counts["cached_tokens"] = cached  # billed at the cached-input price
+        return Answer(output=output or "", response=body, usage=counts)
 
     def classify(self, error: openai.APIError) -> ProviderError:
         """Sort an SDK error into retry, rate-limited or fatal."""

@@ -1,0 +1,144 @@
+"""The response cache: answers by request hash in Redis, shared by the fleet, with a TTL.
+
+A worker looks its items up before calling: a hit becomes a ``cached`` record, with no call and
+no cost. It claims each miss it is about to call, so identical items in flight are sent once:
+the others wait for the first one's answer. Answers are also queued for the task folder's
+``cache/responses.jsonl`` (written by the control queue, which owns the disk); a run on a
+Redis that never saw them loads that file first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from mitrailleuse import keys
+from mitrailleuse.config import CacheSettings
+from mitrailleuse.providers import Answer, Provider
+
+#: How many file-cache lines are loaded into Redis per round trip.
+WARM_BATCH = 1000
+
+
+def cache_enabled(settings: CacheSettings, provider: Provider) -> bool:
+    """``auto`` caches what gives the same answer twice (see ``Provider.deterministic``)."""
+    return provider.deterministic() if settings.enabled == "auto" else bool(settings.enabled)
+
+
+def request_hash(provider: Provider, payload: Any) -> str:
+    """The hash of everything that shapes the answer: provider, model, settings, request."""
+    identity = [provider.name, provider.request_identity(payload)]
+    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(slots=True)
+class Lookup:
+    """A group's items sorted by what the cache knows of them."""
+
+    #: Ordinal -> the cached answer.
+    hits: dict[int, Answer] = field(default_factory=dict)
+    #: Messages this worker claimed: it calls the provider for them.
+    claimed: list[dict[str, Any]] = field(default_factory=list)
+    #: Messages an identical in-flight request will answer: try again shortly.
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    #: Ordinal -> request hash, for every message looked up.
+    hashes: dict[int, str] = field(default_factory=dict)
+
+
+class ResponseCache:
+    """A run's view of the fleet's response cache."""
+
+    def __init__(
+        self, client: redis.Redis, run_id: str, settings: CacheSettings, claim_s: float
+    ) -> None:
+        self.redis = client
+        self.run_id = run_id
+        self.settings = settings
+        self.claim_s = max(1, int(claim_s))
+
+    def lookup(self, provider: Provider, messages: Sequence[dict[str, Any]]) -> Lookup:
+        """Hits, and claims on the misses: two round trips for the whole group."""
+        found = Lookup()
+        for message in messages:
+            found.hashes[message["ordinal"]] = request_hash(provider, message["request"])
+        entries = self.redis.mget([keys.cache_entry(h) for h in found.hashes.values()])
+        misses = []
+        for message, entry in zip(messages, entries, strict=True):
+            if entry is None:
+                misses.append(message)
+            else:
+                found.hits[message["ordinal"]] = Answer(**orjson.loads(entry))
+        if misses:
+            pipe = self.redis.pipeline(transaction=False)
+            for message in misses:
+                claim = keys.cache_claim(found.hashes[message["ordinal"]])
+                pipe.set(claim, self.run_id, nx=True, ex=self.claim_s)
+            for message, claimed in zip(misses, pipe.execute(), strict=True):
+                (found.claimed if claimed else found.waiting).append(message)
+        return found
+
+    def put(self, answers: Iterable[tuple[str, Answer]], fresh: bool = True) -> None:
+        """Keep answers for ``ttl_s`` and free their claims (``fresh``: a call's answers).
+
+        Hits come back with ``fresh=False``: they only go to the task's file cache, so that
+        the task keeps every answer it used.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for digest, answer in answers:
+            value = orjson.dumps(
+                {"output": answer.output, "response": answer.response, "usage": answer.usage}
+            )
+            if fresh:
+                pipe.set(keys.cache_entry(digest), value, ex=self.settings.ttl_s)
+                pipe.delete(keys.cache_claim(digest))
+            if self.settings.file:
+                pipe.rpush(keys.cache_new(self.run_id), digest.encode() + b" " + value)
+        pipe.execute()
+
+    def release(self, hashes: Iterable[str]) -> None:
+        """Free claims without an answer (the call failed): a waiting item calls itself."""
+        claims = [keys.cache_claim(h) for h in hashes]
+        if claims:
+            self.redis.delete(*claims)
+
+
+def save_new_answers(client: redis.Redis, run_id: str, cache_dir: Path) -> int:
+    """Append the run's newly cached answers to ``cache/responses.jsonl`` (control queue)."""
+    moved = 0
+    while lines := client.lpop(keys.cache_new(run_id), WARM_BATCH):
+        cache_dir.mkdir(exist_ok=True)
+        with (cache_dir / "responses.jsonl").open("ab") as handle:
+            for line in lines:
+                digest, value = line.split(b" ", 1)
+                handle.write(b'{"hash":"' + digest + b'","answer":' + value + b"}\n")
+        moved += len(lines)
+    return moved
+
+
+def load_file_cache(client: redis.Redis, cache_dir: Path, ttl_s: int) -> int:
+    """Put the answers of ``cache/responses.jsonl`` into Redis where it has none."""
+    path = cache_dir / "responses.jsonl"
+    if not path.exists():
+        return 0
+    loaded = 0
+    with path.open("rb") as handle:
+        pipe = client.pipeline(transaction=False)
+        for line in handle:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line cut by a crash: the cache only loses that answer
+            pipe.set(
+                keys.cache_entry(entry["hash"]), orjson.dumps(entry["answer"]), nx=True, ex=ttl_s
+            )
+            loaded += 1
+            if loaded % WARM_BATCH == 0:
+                pipe.execute()
+        pipe.execute()
+    return loaded
