@@ -4,7 +4,9 @@ The ``mitrailleuse.feed`` control task calls :func:`feed_slice`. A slice holds t
 lock, reads items from the saved cursor, cuts them into chunks of ``batch_size`` and hands each
 chunk to ``send_chunk`` (which makes it a chord), while fewer than ``window_parts`` chunks are in
 flight. After ``slice_s`` it returns, and the task schedules the next slice: no worker slot is
-held for the length of a run, and no process holds more than one chunk of the inputs.
+held for the length of a run, and no process holds more than one chunk of the inputs. Once every
+chunk is sent, the chain goes on every few seconds as a watch: a chunk whose records are all in
+but whose chord callback was lost (Redis restarted at the wrong moment) is written by it.
 
 Chunk ``k`` always holds the run's items ``k * batch_size`` to ``(k + 1) * batch_size - 1``, so
 a resumed run finds its chunks' earlier records in ``outputs/parts/`` and sends only the items
@@ -33,7 +35,7 @@ from mitrailleuse.pipeline.cache import cache_enabled, load_file_cache
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import InvalidItem, Provider, provider_class
 from mitrailleuse.records import ItemRef, invalid_input
-from mitrailleuse.taskfolder import TaskFolder
+from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ POLL_S = 0.05
 LOCK_MARGIN_S = 5.0
 #: How soon a feed task that found the run locked tries again.
 LOCKED_RETRY_S = 2.0
+#: How often a fully dispatched run is looked at for chunks whose callback was lost.
+WATCH_S = 5.0
 
 
 @dataclass(slots=True)
@@ -133,9 +137,10 @@ def build_chunk(
 class Slice(Enum):
     """What the feed task does after a slice."""
 
-    DONE = "done"  # every item dispatched, the run cancelled, or the chain superseded
+    DONE = "done"  # the run ended, was cancelled, or the chain was superseded
     MORE = "more"  # out of time: the next slice follows at once
     LOCKED = "locked"  # another slice holds the run (or a dead worker did): try again soon
+    WATCH = "watch"  # every chunk sent: look for chunks whose callback was lost, soon again
 
 
 def feed_slice(
@@ -152,13 +157,26 @@ def feed_slice(
     if not lock.acquire(blocking=False):
         return Slice.LOCKED
     try:
+        if run.get("exhausted") == "1":
+            return _watch(run)
         more = _feed(run, dispatcher, lock, time.monotonic() + slice_s)
-        return Slice.MORE if more else Slice.DONE
+        return Slice.MORE if more else _watch(run)
     finally:
         try:
             lock.release()
         except redis.exceptions.LockError:
             log.warning("run %s: the feed lock expired while feeding", run.run_id)
+
+
+def _watch(run: RunState) -> Slice:
+    """After the last chunk: rescue chunks whose callback was lost, until the run ends.
+
+    Native batch runs are not watched: their chunks are written when their batch is collected.
+    """
+    if run.get("state") in FINAL_STATES or run.get("mode") == "batch" or run.cancelled:
+        return Slice.DONE
+    assembler.rescue_parts(run)
+    return Slice.DONE if run.get("state") in FINAL_STATES else Slice.WATCH
 
 
 def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> bool:

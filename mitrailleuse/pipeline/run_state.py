@@ -242,6 +242,32 @@ class RunState:
         dispatched, done = pipe.execute()
         return dispatched - done
 
+    def parts_unfinished(self) -> list[int]:
+        """Chunks sent whose records are not on disk, by number."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.parts_dispatched(self.run_id))
+        pipe.get(keys.parts_done(self.run_id))
+        dispatched, done = (value or b"" for value in pipe.execute())
+        done = done.ljust(len(dispatched), b"\0")
+        return [
+            index * 8 + bit
+            for index, (sent, landed) in enumerate(zip(dispatched, done, strict=False))
+            if sent & ~landed
+            for bit in range(8)
+            if (sent & ~landed) & (0x80 >> bit)
+        ]
+
+    def records_in(self, parts: list[int]) -> list[int]:
+        """How many records each chunk has, in Redis and carried over from disk."""
+        if not parts:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for part in parts:
+            pipe.hlen(keys.part_records(self.run_id, part))
+        pipe.hmget(keys.parts_carried(self.run_id), parts)
+        *held, carried = pipe.execute()
+        return [count + int(c or 0) for count, c in zip(held, carried, strict=True)]
+
     def parts_done(self) -> int:
         """How many chunks are on disk."""
         return self.redis.bitcount(keys.parts_done(self.run_id))

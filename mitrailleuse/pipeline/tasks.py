@@ -61,8 +61,9 @@ def feed(run_id: str, feeder_id: str) -> None:
     except MitrailleuseError as error:
         assembler.fail_run(run, str(error))
         return
+    waits = {feeder.Slice.LOCKED: feeder.LOCKED_RETRY_S, feeder.Slice.WATCH: feeder.WATCH_S}
     if outcome is not feeder.Slice.DONE:
-        countdown = feeder.LOCKED_RETRY_S if outcome is feeder.Slice.LOCKED else None
+        countdown = waits.get(outcome)
         feed.apply_async((run_id, feeder_id), queue=CONTROL_QUEUE, countdown=countdown)
 
 

@@ -45,11 +45,19 @@ def celery_worker_parameters() -> dict:
 
 
 @pytest.fixture
-def worker(celery_worker):
+def root_level() -> int:
+    return logging.getLogger().level
+
+
+@pytest.fixture
+def worker(root_level, celery_worker):
     """The in-process worker, with this process treated as a worker is: it never joins a
     result, so the chords its feeder sends do not subscribe to their results."""
     with denied_join_result():
         yield celery_worker
+    # celery.contrib.testing sets the root logger's level for its worker: later tests capture
+    # warnings again
+    logging.getLogger().setLevel(root_level)
 
 
 def test_round_trip_with_callbacks(tmp_path, tasks_dir, sim, worker, caplog):

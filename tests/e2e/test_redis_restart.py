@@ -18,13 +18,15 @@ from tests.e2e.helpers import new_task, questions, results, wait_done, write_jso
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-VISIBILITY = {"MITRAILLEUSE_VISIBILITY_TIMEOUT_S": "8"}
+#: No worker dies here: messages a dropped connection left unacknowledged come back after this.
+VISIBILITY = {"MITRAILLEUSE_VISIBILITY_TIMEOUT_S": "30"}
+CONCURRENCY = 8
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_redis_restarted_mid_run(how, tmp_path, tasks_dir, sim, start_worker, redis_server):
     sim.configure(latency_ms=30)
-    start_worker(concurrency=8, env=VISIBILITY)
+    start_worker(concurrency=CONCURRENCY, env=VISIBILITY)
     m, task = new_task(tmp_path, questions(400), {"openai": {"batch": {"batch_size": 20}}})
     run = m.submit(task)
     wait_done(run, 80)
@@ -32,13 +34,14 @@ def test_redis_restarted_mid_run(how, tmp_path, tasks_dir, sim, start_worker, re
     time.sleep(2)
     redis_server.start()
 
-    progress = run.wait(timeout=180)
+    progress = run.wait(timeout=240)
     assert progress.state == "completed" and progress.succeeded == 400, progress
     records = results(task)
     assert [r["index"] for r in records] == list(range(1, 401)), "an item is missing or doubled"
     assert all(r["status"] == "succeeded" for r in records)
-    # with appendfsync always nothing acknowledged is lost: no item is sent twice
-    assert sim.stats()["chat_requests"] == 400
+    # with appendfsync always nothing acknowledged is lost; a call running while its connection
+    # dropped may be redelivered and sent again (at-least-once, README "Guarantees")
+    assert 400 <= sim.stats()["chat_requests"] <= 400 + CONCURRENCY
 
 
 def test_embedded_redis_killed_under_run(tmp_path, sim):
@@ -66,9 +69,9 @@ def test_embedded_redis_killed_under_run(tmp_path, sim):
     first_pid = embedded.pid
     os.kill(first_pid, signal.SIGKILL)
 
-    out, _ = run.communicate(timeout=180)
+    out, _ = run.communicate(timeout=240)
     assert run.returncode == 0, out
     records = list(read_records(Path(out.strip().splitlines()[-1])))
     assert [r["index"] for r in records] == list(range(1, 301)), "an item is missing or doubled"
-    assert sim.stats()["chat_requests"] == 300, "an item recorded before the kill was sent again"
+    assert sim.stats()["chat_requests"] <= 300 + 4, "more than the calls in flight were sent again"
     assert not embedded.is_running(), "run left its embedded Redis running"
