@@ -209,6 +209,9 @@ class General(Section):
     db: Db = Field(default_factory=Db)
     similarity_check: SimilarityCheck = Field(default_factory=SimilarityCheck)
     max_items_in_flight: int = Field(default=2000, ge=1)
+    #: Provider calls per Celery message, made one after the other by one worker thread:
+    #: Celery's cost per message (most of the CPU an item takes) is shared by them.
+    calls_per_message: int = Field(default=8, ge=1, le=100)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     #: Stop dispatching before the run's spend (with calls in flight at their worst case)
     #: would pass this many US dollars; ``execute`` again with a higher limit goes on.

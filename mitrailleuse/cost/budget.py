@@ -2,11 +2,14 @@
 
 Before a call its worst-case cost is reserved (``reserve.lua``: one atomic check-and-add);
 after it the reservation is given back and the record's actual cost is spent. A call the
-budget cannot cover is not made: the run stops dispatching and ends ``stopped_budget``.
+budget cannot cover waits while other calls hold reservations (their actual costs are usually
+lower), and is not made once none does: the run stops dispatching and ends ``stopped_budget``,
+within one call's worst-case cost of the limit.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from importlib.resources import files
 
 import redis
@@ -14,6 +17,16 @@ import redis
 from mitrailleuse import keys
 
 _RESERVE = files("mitrailleuse.cost").joinpath("reserve.lua").read_text()
+
+
+class Reservation(IntEnum):
+    """What the budget said to a call."""
+
+    RESERVED = 1
+    #: Not now: calls in flight hold reservations, and their actual costs may leave room.
+    WAIT = 0
+    #: Never: nothing else is reserved and the budget cannot cover this call.
+    EXHAUSTED = -1
 
 
 class RunBudget:
@@ -25,11 +38,12 @@ class RunBudget:
         self.limit_usd = limit_usd
         self._reserve = client.register_script(_RESERVE)
 
-    def reserve(self, usd: float) -> bool:
-        """Set ``usd`` aside for a call; False when the budget cannot cover it."""
+    def reserve(self, usd: float) -> Reservation:
+        """Set ``usd`` aside for a call, if the budget can cover it now, or ever."""
         if self.limit_usd is None or usd <= 0:
-            return True
-        return bool(self._reserve(keys=[self.key], args=[repr(usd), repr(self.limit_usd)]))
+            return Reservation.RESERVED
+        answer = self._reserve(keys=[self.key], args=[repr(usd), repr(self.limit_usd)])
+        return Reservation(int(answer))
 
     def give_back(self, usd: float) -> None:
         """Release a reservation once the call's records (and their costs) are stored."""

@@ -13,16 +13,17 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from mitrailleuse.config import TaskConfig, parse_config
-from mitrailleuse.cost.budget import RunBudget
+from mitrailleuse.cost.budget import Reservation, RunBudget
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
+from mitrailleuse.pipeline.feeder import group_calls
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.pipeline.similarity import check_answers
 from mitrailleuse.providers import Answer, ErrorKind, Provider, ProviderError, provider_class
@@ -40,6 +41,8 @@ MAX_CACHED_RUNS = 16
 CLAIM_MARGIN_S = 30.0
 #: How soon an item waiting for an identical in-flight request looks again.
 CLAIM_POLL_S = 1.0
+#: How soon a call the budget cannot cover yet (other calls hold reservations) asks again.
+BUDGET_POLL_S = 0.5
 
 #: A wait for the rate limiter this short is slept in the worker thread; a longer one frees
 #: the slot: the task is re-scheduled with a countdown.
@@ -101,13 +104,20 @@ def context_for(run: RunState) -> RunContext:
 class CallOutcome:
     """What became of a group: records stored, or a wait before trying again.
 
-    ``attempted`` says whether the provider was called (a failed attempt) or the rate limiter
-    held the call back (no attempt used).
+    ``attempted`` holds the items whose failed call used an attempt; items the rate limiter
+    held back, or that wait for an identical request, used none.
     """
 
     stored: int = 0
     retry_in_s: float | None = None
-    attempted: bool = True
+    attempted: set[int] = field(default_factory=set)
+
+    def add(self, other: CallOutcome) -> None:
+        """Fold another call's outcome in: the message retries after the longest wait."""
+        self.stored += other.stored
+        self.attempted |= other.attempted
+        if other.retry_in_s is not None:
+            self.retry_in_s = max(self.retry_in_s or 0.0, other.retry_in_s)
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
@@ -115,13 +125,13 @@ def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
     return random.uniform(0, min(max_s, initial_s * 2 ** (attempt - 1)))
 
 
-def call_group(
-    run: RunState, part: int, messages: list[dict[str, Any]], attempt: int
-) -> CallOutcome:
-    """Call the provider once for the items of ``messages`` that have no record yet.
+def call_group(run: RunState, part: int, messages: list[dict[str, Any]]) -> CallOutcome:
+    """Call the provider for the items of ``messages`` that have no record yet.
 
-    Items the response cache knows are recorded as ``cached`` without a call; items an
-    identical in-flight request will answer wait for it (a short retry).
+    A message carries up to ``general.calls_per_message`` calls, made one after the other:
+    Celery's cost per message is shared by them. Items the response cache knows are recorded as
+    ``cached`` without a call; items an identical in-flight request will answer wait for it.
+    Each item carries its own ``attempt`` count (1 when absent).
     """
     gate = run.before_call(part, [m["ordinal"] for m in messages])
     pending = [m for m in messages if m["ordinal"] not in gate.recorded]
@@ -141,10 +151,14 @@ def call_group(
         hits = _store_hits(run, part, provider, pending, found.hits)
         context.cache.put(((found.hashes[o], a) for o, a in found.hits.items()), fresh=False)
         pending, waiting, hashes = found.claimed, found.waiting, found.hashes
-    outcome = _call(run, part, context, pending, attempt, hashes) if pending else CallOutcome()
-    outcome.stored += hits
-    if waiting and outcome.retry_in_s is None:
-        outcome.retry_in_s, outcome.attempted = CLAIM_POLL_S, False
+    outcome = CallOutcome(stored=hits)
+    for group in group_calls(type(provider), pending):
+        result = _call(run, part, context, group, hashes)
+        outcome.add(result)
+        if result.retry_in_s is not None and not result.attempted:
+            break  # the rate limiter holds calls back: the next ones would wait as well
+    if waiting:
+        outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
     return outcome
 
 
@@ -153,17 +167,20 @@ def _call(
     part: int,
     context: RunContext,
     pending: list[dict[str, Any]],
-    attempt: int,
     hashes: dict[int, str],
 ) -> CallOutcome:
     """Reserve the budget, wait for the rate limiter, call, and store the records."""
     provider, section = context.provider, context.section
+    attempt = max(m.get("attempt", 1) for m in pending)
     items = [ItemRef.from_message(m) for m in pending]
     payloads = [m["request"] for m in pending]
     claims = [hashes[item.ordinal] for item in items if item.ordinal in hashes]
     worst = worst_case_usd(context.price, *provider.cost_units(payloads)) if context.price else 0.0
-    if not context.budget.reserve(worst):
+    reservation = context.budget.reserve(worst)
+    if reservation is not Reservation.RESERVED:
         _release(context, claims)
+        if reservation is Reservation.WAIT:
+            return CallOutcome(retry_in_s=BUDGET_POLL_S)
         limit, spent = context.budget.limit_usd, run.spent_usd()
         run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
         return CallOutcome()
@@ -171,7 +188,7 @@ def _call(
         grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
         if not isinstance(grant, Grant):
             _release(context, claims)
-            return CallOutcome(retry_in_s=grant, attempted=False)
+            return CallOutcome(retry_in_s=grant)
         if run.cancelled:  # cancelled while waiting for the grant: no call starts after cancel
             context.limiter.release(grant, 0)
             _release(context, claims)
@@ -252,7 +269,7 @@ def _store_answers(
     kept = [(o, record) for o, record in records.items() if o not in reask]
     stored = run.store_records(part, kept)
     if reask:
-        return CallOutcome(stored, retry_in_s=similarity.settings.cooldown_period)
+        return CallOutcome(stored, similarity.settings.cooldown_period, reask)
     return CallOutcome(stored)
 
 
@@ -314,7 +331,7 @@ def _after_error(
         wait = backoff_s(attempt, policy.initial_backoff_s, policy.max_backoff_s)
         if error.retry_after_s is not None:
             wait = max(wait, error.retry_after_s)
-        return CallOutcome(retry_in_s=wait)
+        return CallOutcome(retry_in_s=wait, attempted={item.ordinal for item in items})
     return _store_failed(run, part, provider, items, error.as_record_error(), attempt)
 
 

@@ -53,15 +53,19 @@ WATCH_S = 5.0
 
 @dataclass(slots=True)
 class Chunk:
-    """The items of one chunk that must be sent, grouped into provider calls."""
+    """The items of one chunk that must be sent, packed into Celery messages.
+
+    A message holds up to ``general.calls_per_message`` provider calls (each of up to the
+    provider's ``max_items_per_call`` items), made one after the other by one worker thread.
+    """
 
     part: int
-    calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    messages: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         """How many items go to the provider."""
-        return sum(len(call) for call in self.calls)
+        return sum(len(message) for message in self.messages)
 
 
 class Dispatcher(Protocol):
@@ -131,7 +135,10 @@ def build_chunk(
             invalid.append((item.ordinal, invalid_input(ref, name, str(error))))
     if invalid:
         run.store_records(part, invalid)
-    return Chunk(part, group_calls(provider, messages))
+    calls = group_calls(provider, messages)
+    per_message = config.general.calls_per_message
+    packed = [calls[n : n + per_message] for n in range(0, len(calls), per_message)]
+    return Chunk(part, [[item for call in message for item in call] for message in packed])
 
 
 class Slice(Enum):
@@ -220,7 +227,7 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
             items = [item for item, _ in taken]
             recorded = assembler.carry_over(folder, part, run)
             chunk = build_chunk(run, part, items, config, recorded)
-            messages = [message for call in chunk.calls for message in call]
+            messages = [item for message in chunk.messages for item in message]
             if writer is None or not messages:
                 dispatcher.send_chunk(run, Chunk(part) if writer is not None else chunk)
             else:

@@ -28,14 +28,18 @@ def run_state(run_id: str) -> RunState:
 
 
 @app.task(name="mitrailleuse.call", bind=True, max_retries=None)
-def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]], attempt: int = 1) -> int:
-    """Call the provider for a group of items; retry later when the outcome asks for it."""
-    outcome = call_group(run_state(run_id), part, items, attempt)
+def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int:
+    """Call the provider for a message's items; retry later when the outcome asks for it."""
+    outcome = call_group(run_state(run_id), part, items)
     if outcome.retry_in_s is not None:
-        next_attempt = attempt + 1 if outcome.attempted else attempt
+        items = [
+            {**item, "attempt": item.get("attempt", 1) + 1}
+            if item["ordinal"] in outcome.attempted
+            else item
+            for item in items
+        ]
         raise self.retry(
             args=(run_id, part, items),
-            kwargs={"attempt": next_attempt},
             countdown=min(outcome.retry_in_s, max_countdown_s()),
             argsrepr=self.request.argsrepr,  # monitoring keeps showing ids, never the requests
             kwargsrepr=self.request.kwargsrepr,
@@ -113,9 +117,9 @@ class CeleryDispatcher:
     """Sends the feeder's chunks and batches as Celery messages."""
 
     def send_chunk(self, run: RunState, chunk: feeder.Chunk) -> None:
-        """A chord of one ``call`` per call group, whose callback writes the chunk."""
+        """A chord of one ``call`` per message, whose callback writes the chunk."""
         callback = assemble_part.si(run.run_id, chunk.part).set(queue=CONTROL_QUEUE)
-        if not chunk.calls:
+        if not chunk.messages:
             callback.apply_async()
             return
         provider = run.provider
@@ -125,7 +129,7 @@ class CeleryDispatcher:
                 argsrepr=describe(run.run_id, provider, items),
                 kwargsrepr="{}",
             )
-            for items in chunk.calls
+            for items in chunk.messages
         ]
         chord(header)(callback)
 
