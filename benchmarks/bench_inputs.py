@@ -1,17 +1,14 @@
-"""Benchmark mitrailleuse.inputs: stream a large JSONL file in constant memory.
+"""Reading inputs: a large JSONL file streamed in constant memory.
 
 Generates an N-line JSONL file (default 1,000,000) in a temporary directory, then measures, each
-in its own child process so that peak RSS figures do not mix:
+in a fresh child interpreter so that peak RSS figures (the kernel's VmHWM) do not mix:
 
 - ``interpreter``: the child's floor (Python + mitrailleuse.inputs imported, nothing read);
 - ``iter_items``: every item of the file through the streaming reader;
-- ``count_items``: the fast count the feeder does first;
+- ``count_items``: the fast count ``submit`` does first;
 - ``naive json.loads``: the baseline ``[json.loads(l) for l in open(f)]``.
 
-Usage: python benchmarks/bench_inputs.py [--lines N] [--json]
-
-With ``--json`` the figures go to stdout as JSON and the table to stderr. Target: the streaming
-reader's peak RSS stays under 100 MB whatever N is.
+Target: the streaming reader's peak RSS stays under 100 MB whatever N is.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,15 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import REPO, Row, own_peak_rss_mb, report
+
 TARGET_PEAK_RSS_MB = 100.0
 MODES = ("interpreter", "iter_items", "count_items", "naive")
-LABELS = {
-    "interpreter": "interpreter floor",
-    "iter_items": "iter_items (stream)",
-    "count_items": "count_items",
-    "naive": "naive json.loads",
-}
 
 
 def generate(path: Path, lines: int) -> None:
@@ -45,18 +36,6 @@ def generate(path: Path, lines: int) -> None:
             handle.write(
                 f'{{"input_text": "What is {a} + {b}?", "instructions": "Answer briefly"}}\n'
             )
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process, from /proc (VmHWM) or getrusage."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
 
 
 def child(mode: str, path: Path) -> dict[str, Any]:
@@ -82,14 +61,14 @@ def child(mode: str, path: Path) -> dict[str, Any]:
         "items": items,
         "invalid": invalid,
         "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": own_peak_rss_mb(),
     }
 
 
 def measure(mode: str, path: Path) -> dict[str, Any]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     done = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(path)],
@@ -101,29 +80,9 @@ def measure(mode: str, path: Path) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def table(lines: int, file_mb: float, rows: list[dict[str, Any]]) -> str:
-    out = [
-        f"input: {lines:,} lines, {file_mb:.1f} MB; Python {sys.version.split()[0]}",
-        f"{'reader':<22} {'lines':>11} {'seconds':>8} {'lines/s':>11} {'peak RSS MB':>12}",
-    ]
-    for row in rows:
-        rate = f"{row['items'] / row['seconds']:,.0f}" if row["items"] and row["seconds"] else "-"
-        count = f"{row['items']:,}" if row["mode"] != "interpreter" else "-"
-        out.append(
-            f"{LABELS[row['mode']]:<22} {count:>11} {row['seconds']:>8.2f} {rate:>11} "
-            f"{row['peak_rss_mb']:>12.1f}"
-        )
-    stream = next(r for r in rows if r["mode"] == "iter_items")
-    verdict = "OK" if stream["peak_rss_mb"] < TARGET_PEAK_RSS_MB else "OVER TARGET"
-    peak, target = stream["peak_rss_mb"], TARGET_PEAK_RSS_MB
-    out.append(f"streaming peak RSS {peak:.1f} MB vs target < {target:.0f} MB: {verdict}")
-    return "\n".join(out)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines in the generated file")
-    parser.add_argument("--json", action="store_true", help="write the figures as JSON to stdout")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -139,40 +98,41 @@ def main() -> int:
         started = time.perf_counter()
         generate(path, args.lines)
         generate_s = time.perf_counter() - started
-        file_mb = path.stat().st_size / (1024 * 1024)
+        file_mb = path.stat().st_size / 1e6
         rows = [measure(mode, path) for mode in MODES]
 
     for row in rows:
         if row["mode"] != "interpreter" and row["items"] != args.lines:
             raise SystemExit(f"{row['mode']} saw {row['items']} items, expected {args.lines}")
-    report = table(args.lines, file_mb, rows)
-    stream = next(r for r in rows if r["mode"] == "iter_items")
-    figures = {
+    by_mode = {row["mode"]: row for row in rows}
+
+    def read(mode: str) -> str:
+        row = by_mode[mode]
+        return f"{row['peak_rss_mb']:.1f} MB ({row['items'] / row['seconds']:,.0f} lines/s)"
+
+    stream = by_mode["iter_items"]["peak_rss_mb"]
+    n = f"{args.lines:,}"
+    table = [
+        Row(
+            f"inputs: read {n} JSONL lines ({file_mb:.0f} MB): peak RSS (lines/s)",
+            read("iter_items"),
+            f"{read('naive')}, json.loads per line into a list",
+            f"< {TARGET_PEAK_RSS_MB:.0f} MB",
+            stream < TARGET_PEAK_RSS_MB,
+        ),
+        Row(
+            f"inputs: count {n} lines (submit's first pass): peak RSS (lines/s)",
+            read("count_items"),
+            f"{by_mode['interpreter']['peak_rss_mb']:.1f} MB, the interpreter floor",
+        ),
+    ]
+    raw = {
         "lines": args.lines,
         "file_mb": round(file_mb, 2),
         "generate_s": round(generate_s, 3),
-        "python": sys.version.split()[0],
-        "target_peak_rss_mb": TARGET_PEAK_RSS_MB,
-        "target_met": stream["peak_rss_mb"] < TARGET_PEAK_RSS_MB,
-        "results": {
-            row["mode"]: {
-                "items": row["items"],
-                "seconds": round(row["seconds"], 3),
-                "lines_per_s": (
-                    round(row["items"] / row["seconds"])
-                    if row["items"] and row["seconds"]
-                    else None
-                ),
-                "peak_rss_mb": round(row["peak_rss_mb"], 1),
-            }
-            for row in rows
-        },
+        "results": {row["mode"]: {k: v for k, v in row.items() if k != "mode"} for row in rows},
     }
-    if args.json:
-        print(report, file=sys.stderr)
-        print(json.dumps(figures, indent=2))
-    else:
-        print(report)
+    report("inputs", f"inputs: {n} lines, Python {sys.version.split()[0]}", table, raw)
     return 0
 
 

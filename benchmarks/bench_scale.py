@@ -22,10 +22,10 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import orjson
 from common import (
     UNLIMITED_CONFIG,
     UNLIMITED_ENV,
@@ -33,6 +33,9 @@ from common import (
     RssSampler,
     bench_env,
     own_peak_rss_mb,
+    plain_batch_files,
+    plain_create_batch,
+    plural,
     proc_mb,
     report,
     write_questions,
@@ -47,7 +50,8 @@ CONFIGS = {
     },
 }
 CHILD_MARK = "CHILD-JSON: "
-ENDPOINT = "/v1/chat/completions"
+#: The fewest items done over which Redis's growth is fitted (the feeder's window is 2,000).
+MIN_FIT_ITEMS = 2_000
 
 
 # -- the children: fresh interpreters, so that their peak RSS is theirs alone ---------------
@@ -91,51 +95,23 @@ def submitter(mode: str, source: Path, seconds: float, timeout_s: float) -> dict
         out["uploaded_s"] = time.perf_counter() - t2
         out.update(total=progress.total, batches=len(states), lines=in_batches)
     out["peak_rss_mb"] = own_peak_rss_mb()
-    return out
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def plain_batches(source: Path, per_batch: int) -> dict:
+def plain_batches(source: Path) -> dict:
     """The baseline: read, write request lines, upload, create; the openai SDK and nothing else."""
     import openai
 
     client = openai.OpenAI(max_retries=0)  # OPENAI_BASE_URL and OPENAI_API_KEY: the simulator
     started = time.perf_counter()
-    batches = lines_total = 0
     with tempfile.TemporaryDirectory(prefix="plain-batches-") as scratch:
-
-        def send(lines: list[bytes]) -> None:
-            nonlocal batches
-            path = Path(scratch) / f"batch-{batches:05d}.jsonl"
-            path.write_bytes(b"".join(lines))
-            with path.open("rb") as handle:
-                uploaded = client.files.create(file=(path.name, handle), purpose="batch")
-            client.batches.create(
-                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
-            )
-            batches += 1
-
-        lines: list[bytes] = []
-        with source.open("rb") as handle:
-            for n, raw in enumerate(handle, start=1):
-                item = orjson.loads(raw)
-                body = {
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": item["input_text"]}],
-                }
-                line = {"custom_id": f"{source.name}:{n}", "method": "POST", "url": ENDPOINT}
-                lines.append(orjson.dumps({**line, "body": body}) + b"\n")
-                if len(lines) == per_batch:
-                    send(lines)
-                    lines_total += len(lines)
-                    lines = []
-        if lines:
-            send(lines)
-            lines_total += len(lines)
+        files = plain_batch_files(source, Path(scratch))
+        for path in files:
+            plain_create_batch(client, path)
     return {
-        "uploaded_s": time.perf_counter() - started,
-        "batches": batches,
-        "lines": lines_total,
-        "peak_rss_mb": own_peak_rss_mb(),
+        "uploaded_s": round(time.perf_counter() - started, 2),
+        "batches": len(files),
+        "peak_rss_mb": round(own_peak_rss_mb(), 2),
     }
 
 
@@ -160,6 +136,52 @@ def run_child(args: list[str], sampler: RssSampler | None, timeout_s: float) -> 
 # -- the phases ------------------------------------------------------------------------------
 
 
+class RedisGrowth:
+    """Redis's memory against the calls the simulator answered, once a second.
+
+    A minute's run is far from the input's end, so what Redis keeps per item done says where
+    it would be at the end. Measured as ``used_memory`` less the clients' and the AOF's buffers
+    (which come and go with the traffic), fitted by least squares over the run's second half
+    (the feeder's window long full); a cancelled run's leftovers would count the items it
+    dispatched and never called.
+    """
+
+    def __init__(self, bench, interval_s: float = 1.0) -> None:
+        self.bench, self.interval_s = bench, interval_s
+        self.samples: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="redis-growth", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            done = self.bench.simulator.stats()["chat_requests"]
+            info = self.bench.redis_info()
+            buffers = (
+                info["mem_clients_normal"] + info["mem_clients_slaves"] + info["mem_aof_buffer"]
+            )
+            self.samples.append((done, info["used_memory"] - buffers))
+
+    def stop(self, items: int) -> dict:
+        """Bytes per item done, and the memory that projects at ``items`` done."""
+        self._stop.set()
+        self._thread.join()
+        steady = self.samples[len(self.samples) // 2 :]
+        xs = [x for x, _ in steady]
+        if len(steady) < 3 or max(xs, default=0) - min(xs, default=0) < MIN_FIT_ITEMS:
+            return {"samples": len(self.samples)}  # the window's churn would drown the slope
+        mean_x, mean_y = sum(xs) / len(steady), sum(y for _, y in steady) / len(steady)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in steady) / sum(
+            (x - mean_x) ** 2 for x in xs
+        )
+        return {
+            "samples": len(self.samples),
+            "fitted_items": [min(xs), max(xs)],
+            "bytes_per_item": round(slope),
+            "projected_mb": round((mean_y + slope * (items - mean_x)) / 1e6, 1),
+        }
+
+
 def phase(mode: str, source: Path, seconds: float, timeout_s: float) -> dict:
     """One submitter run against fresh Redis, simulator and workers, with RSS sampled."""
     with bench_env() as bench:
@@ -177,27 +199,35 @@ def phase(mode: str, source: Path, seconds: float, timeout_s: float) -> dict:
         sampler.start()
         time.sleep(0.5)  # a first sample of each idle process
         redis_start = bench.redis_info()["used_memory"]
+        growth = RedisGrowth(bench) if mode == "live" else None
         child = run_child(["submitter", mode, str(source), seconds, timeout_s], sampler, timeout_s)
         processes = sampler.stop()
+        redis_growth = growth.stop(child["total"]) if growth else None
         info = bench.redis_info()
         stats = bench.simulator.stats()
         simulator_rss = proc_mb(bench.simulator.process.pid, "VmRSS")
+    if mode == "live" and child["final_state"] != "cancelled":
+        raise SystemExit(f"the live run ended {child['final_state']}, not cancelled")
+    seen = (stats["files_uploaded"], stats["batches_created"])
+    if mode == "batch" and seen != (child["batches"], child["batches"]):
+        raise SystemExit(f"{child['batches']} batches, but the simulator saw {stats}")
     return {
         "submitter": child,
         "processes": processes,
         "redis_used_memory_start_mb": round(redis_start / 1e6, 1),
         "redis_used_memory_end_mb": round(info["used_memory"] / 1e6, 1),
         "redis_used_memory_peak_mb": round(info["used_memory_peak"] / 1e6, 1),
+        "redis_growth": redis_growth,
         "simulator_stats": {k: stats[k] for k in ("requests", "files_uploaded", "batches_created")},
-        "simulator_rss_mb": simulator_rss,
+        "simulator_rss_mb": simulator_rss and round(simulator_rss),
         "rss_samples": sampler.samples,
     }
 
 
-def baseline_phase(source: Path, per_batch: int, timeout_s: float) -> dict:
+def baseline_phase(source: Path, timeout_s: float) -> dict:
     """The plain SDK script, against a simulator of its own (the first one holds 1M lines)."""
     with bench_env() as bench:
-        out = run_child(["plain", str(source), per_batch], None, timeout_s)
+        out = run_child(["plain", str(source)], None, timeout_s)
         stats = bench.simulator.stats()
     out["simulator"] = {k: stats[k] for k in ("files_uploaded", "batches_created")}
     return out
@@ -215,11 +245,9 @@ def main() -> None:
         if kind == "submitter":
             out = submitter(rest[0], Path(rest[1]), float(rest[2]), float(rest[3]))
         else:
-            out = plain_batches(Path(rest[0]), int(rest[1]))
+            out = plain_batches(Path(rest[0]))
         print(CHILD_MARK + json.dumps(out), flush=True)
         return
-
-    from mitrailleuse.batch.submit import MAX_REQUESTS
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
         source = Path(scratch) / "scale.jsonl"
@@ -229,8 +257,7 @@ def main() -> None:
         file_mb = source.stat().st_size / 1e6
         live = phase("live", source, args.seconds, args.timeout)
         batch = phase("batch", source, 0, args.timeout)
-        per_batch = MAX_REQUESTS // 1000 * 1000  # what combine_batches packs from 1000-item chunks
-        plain = baseline_phase(source, per_batch, args.timeout)
+        plain = baseline_phase(source, args.timeout)
     rows = figures(args, live, batch, plain)
     raw = {
         "lines": args.lines,
@@ -252,16 +279,7 @@ def figures(args: argparse.Namespace, live: dict, batch: dict, plain: dict) -> l
 
     def memory_rows(label: str, phase: dict, workers: list[str]) -> list[Row]:
         sub, seen = phase["submitter"], phase["processes"]
-        peaks = [
-            max(
-                filter(
-                    None,
-                    (seen[f"{w} worker"]["hwm_mb"], seen[f"{w} worker"]["sampled_peak_rss_mb"]),
-                ),
-                default=None,
-            )
-            for w in workers
-        ]
+        peaks = [seen[f"{w} worker"]["peak_rss_mb"] for w in workers]
         idle = [seen[f"{w} worker"]["first_rss_mb"] for w in workers]
         redis_peak = phase["redis_used_memory_peak_mb"]
         return [
@@ -291,15 +309,29 @@ def figures(args: argparse.Namespace, live: dict, batch: dict, plain: dict) -> l
         f"scale (live): items done in {followed:.0f} s at 0 ms (of {sub['total']:,})",
         f"{sub['done']:,} ({sub['done'] / followed:.0f}/s)",
     )
+    growth = live["redis_growth"]
+    if "projected_mb" in growth:
+        first, last = growth["fitted_items"]
+        projection = Row(
+            f"scale (live): Redis memory per item done; at {sub['total']:,} done (projected)",
+            f"{growth['bytes_per_item']:,} B; {growth['projected_mb']:,.0f} MB",
+            f"fitted from {first:,} to {last:,} items done",
+            f"<= {TARGET_REDIS_MB:.0f} MB",
+            growth["projected_mb"] <= TARGET_REDIS_MB,
+        )
+    else:
+        projection = Row("scale (live): Redis memory per item done", "too short a run to fit")
     sub = batch["submitter"]
     upload = Row(
         f"scale (batch): read, split, upload {sub['lines']:,} lines as native batches",
         f"{sub['uploaded_s']:.1f} s ({sub['lines'] / sub['uploaded_s']:,.0f} lines/s, "
-        f"{sub['batches']} batches)",
-        f"{plain['uploaded_s']:.1f} s, a plain openai SDK script ({plain['batches']} batches)",
+        f"{plural(sub['batches'], 'batch')})",
+        f"{plain['uploaded_s']:.1f} s, a plain openai SDK script "
+        f"({plural(plain['batches'], 'batch')})",
     )
     return [
         *memory_rows("live", live, ["control", "openai"]),
+        projection,
         pace,
         *memory_rows("batch", batch, ["control"]),
         upload,

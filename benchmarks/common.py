@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Every bench starts its own Redis (bench_env); importing the Celery app before that must not
+# start the embedded one in the working directory, as it does when REDIS_URL is unset.
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")
 
 if TYPE_CHECKING:
     from mitrailleuse.simulator.process import SimulatorProcess
@@ -91,9 +95,13 @@ class Bench:
 
     def redis_info(self) -> dict[str, Any]:
         """Redis's ``INFO memory``."""
+        return self._redis_client.info("memory")
+
+    @cached_property
+    def _redis_client(self) -> Any:
         import redis
 
-        return redis.Redis.from_url(self.redis.url).info("memory")
+        return redis.Redis.from_url(self.redis.url)
 
 
 @contextmanager
@@ -117,9 +125,7 @@ def bench_env(*simulator_args: str) -> Iterator[Bench]:
         }
         saved = dict(os.environ)
         os.environ.update(env)
-        from mitrailleuse.pipeline.app import app
-
-        app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+        point_app_at(redis_server.url)
         bench = Bench(scratch, redis_server, simulator, env)
         try:
             yield bench
@@ -130,6 +136,20 @@ def bench_env(*simulator_args: str) -> Iterator[Bench]:
             redis_server.stop()
             os.environ.clear()
             os.environ.update(saved)
+
+
+def point_app_at(url: str) -> None:
+    """Point this process's Celery app at ``url``, dropping the pools an earlier bench left.
+
+    A bench may start several Redis servers one after the other: the app's connection and
+    producer pools (and its result backend) would otherwise still talk to the first one.
+    """
+    from mitrailleuse.pipeline.app import app
+
+    app.conf.update(broker_url=url, result_backend=url)
+    app._after_fork()  # Celery's own reset of its pools in a new process
+    app._backend_cache = None
+    app._local = threading.local()
 
 
 def write_questions(path: Path, count: int) -> Path:
@@ -143,6 +163,43 @@ def write_questions(path: Path, count: int) -> Path:
         for n in range(count):
             handle.write(orjson.dumps({"input_text": f"{tag} q{n}: what is {n} squared?"}) + b"\n")
     return path
+
+
+# -- the Batch API by hand: the baseline of the native batch figures ------------------------
+
+BATCH_ENDPOINT = "/v1/chat/completions"
+#: What ``combine_batches`` packs from 1000-item chunks under the API's 50,000-request cap.
+PLAIN_PER_BATCH = 50_000
+
+
+def plain_batch_files(source: Path, out_dir: Path, per_batch: int = PLAIN_PER_BATCH) -> list[Path]:
+    """The request lines a hand-written script would send, ``per_batch`` lines a file."""
+    files: list[Path] = []
+    handle = None
+    with source.open("rb") as lines:
+        for n, raw in enumerate(lines, start=1):
+            if (n - 1) % per_batch == 0:
+                if handle is not None:
+                    handle.close()
+                files.append(out_dir / f"batch-{len(files):05d}-input.jsonl")
+                handle = files[-1].open("wb")
+            content = orjson.loads(raw)["input_text"]
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+            line = {"custom_id": f"{source.name}:{n}", "method": "POST", "url": BATCH_ENDPOINT}
+            handle.write(orjson.dumps({**line, "body": body}) + b"\n")
+    if handle is not None:
+        handle.close()
+    return files
+
+
+def plain_create_batch(client: Any, path: Path) -> str:
+    """Upload a batch file and create its batch with the openai SDK; the batch's id."""
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=(path.name, handle), purpose="batch")
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint=BATCH_ENDPOINT, completion_window="24h"
+    )
+    return created.id
 
 
 # -- /proc ----------------------------------------------------------------------------------
@@ -199,17 +256,19 @@ class RssSampler:
             self._stop.wait(self.interval_s)
 
     def stop(self) -> dict[str, dict[str, float | None]]:
-        """Stop sampling; per process: first and peak sampled RSS, and VmHWM if still alive."""
+        """Stop sampling; per process: first and peak sampled RSS, VmHWM if alive, the peak."""
         self._stop.set()
         self._thread.join()
-        return {
-            name: {
+        seen = {}
+        for name, pid in self.pids.items():
+            hwm, sampled = proc_mb(pid, "VmHWM"), self.peak.get(name)
+            seen[name] = {
                 "first_rss_mb": _round(self.first.get(name)),
-                "sampled_peak_rss_mb": _round(self.peak.get(name)),
-                "hwm_mb": _round(proc_mb(pid, "VmHWM")),
+                "sampled_peak_rss_mb": _round(sampled),
+                "hwm_mb": _round(hwm),
+                "peak_rss_mb": _round(max((v for v in (hwm, sampled) if v), default=None)),
             }
-            for name, pid in self.pids.items()
-        }
+        return seen
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -309,6 +368,11 @@ def machine() -> dict[str, Any]:
         "commit": commit,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 batch``, ``2 batches``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("ch") else "s")
 
 
 def ratio(value: float, baseline: float) -> str:
