@@ -106,7 +106,8 @@ class Run:
             if state not in FINAL_STATES:
                 if info.get("cancelled") == "1":
                     state = "stopping" if info.get("stop_state") else "cancelling"
-                return Progress(state=state, **run.counts(), spent_usd=run.spent_usd())
+                spent = float(info.get("spent_usd") or 0.0)
+                return Progress(state=state, **run.counts(info), spent_usd=spent)
         summary = self.folder.summary()
         spent = summary.get("cost_usd", 0.0) if summary.get("run_id") == status.run_id else 0.0
         return Progress(state=status.state, **status.counts.model_dump(), spent_usd=spent)

@@ -20,7 +20,7 @@ import orjson
 
 from mitrailleuse import keys
 from mitrailleuse.pipeline.cache import save_new_answers
-from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.pipeline.run_state import COUNT_FIELDS, RunState, count_record, new_counts
 from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
 
 
@@ -79,7 +79,7 @@ def finish_if_complete(run: RunState) -> bool:
         return False
     if not run.redis.set(keys.finish_lock(run.run_id), 1, nx=True):
         return False
-    counts = run.counts()
+    counts = run.counts()  # read again: records may have landed since ``info``
     complete = all_parts and counts["done"] >= counts["total"]
     state = "completed" if complete or not cancelled else info.get("stop_state", "cancelled")
     assemble(run, TaskFolder(Path(info["task_path"])), state, info.get("stop_reason"))
@@ -136,7 +136,7 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
                         errors.write(line)
     status = folder.status()
     finished = now()
-    counts = Counts(total=status.counts.total, **tally.counts)
+    counts = Counts(total=status.counts.total, **{f: tally.counts[f] for f in COUNT_FIELDS})
     started = status.started_at or status.created_at
     duration_s = max((finished - started).total_seconds(), 1e-9)
     write_json(
@@ -174,19 +174,20 @@ class _Tally:
     """Counts, tokens, cost and latency of the records streamed through the assembler."""
 
     def __init__(self) -> None:
-        self.counts = dict.fromkeys(("done", "succeeded", "failed", "cached"), 0)
+        self.counts = new_counts()
         self.tokens = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
-        self.cost_usd = 0.0
         self.attempts = 0
         self.latencies: list[int] = []
 
+    @property
+    def cost_usd(self) -> float:
+        """What the records cost."""
+        return self.counts["spent_usd"]
+
     def add(self, record: dict[str, Any]) -> None:
-        self.counts["done"] += 1
-        self.counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
-        self.counts["cached"] += bool(record.get("cached"))
+        count_record(self.counts, record)
         for name in self.tokens:
             self.tokens[name] += (record.get("usage") or {}).get(name, 0)
-        self.cost_usd += record.get("cost_usd") or 0.0
         self.attempts += record.get("attempts") or 0
         if record.get("latency_ms") is not None:
             self.latencies.append(record["latency_ms"])

@@ -175,7 +175,9 @@ def _call(
     items = [ItemRef.from_message(m) for m in pending]
     payloads = [m["request"] for m in pending]
     claims = [hashes[item.ordinal] for item in items if item.ordinal in hashes]
-    worst = worst_case_usd(context.price, *provider.cost_units(payloads)) if context.price else 0.0
+    worst = 0.0  # only a run with a cost limit reserves anything
+    if context.price is not None and context.budget.limit_usd is not None:
+        worst = worst_case_usd(context.price, *provider.cost_units(payloads))
     reservation = context.budget.reserve(worst)
     if reservation is not Reservation.RESERVED:
         _release(context, claims)

@@ -180,7 +180,8 @@ def _watch(run: RunState) -> Slice:
 
     Native batch runs are not watched: their chunks are written when their batch is collected.
     """
-    if run.get("state") in FINAL_STATES or run.get("mode") == "batch" or run.cancelled:
+    info = run.info()
+    if info.get("state") in FINAL_STATES or info.get("mode") == "batch" or info.get("cancelled"):
         return Slice.DONE
     assembler.rescue_parts(run)
     return Slice.DONE if run.get("state") in FINAL_STATES else Slice.WATCH

@@ -26,16 +26,24 @@ from mitrailleuse.inputs import Cursor
 COUNT_FIELDS = ("done", "succeeded", "failed", "cached")
 
 
+def new_counts() -> dict[str, Any]:
+    """The count fields at zero, and ``spent_usd``."""
+    return {**dict.fromkeys(COUNT_FIELDS, 0), "spent_usd": 0.0}
+
+
+def count_record(counts: dict[str, Any], record: dict[str, Any]) -> None:
+    """Add one record to counts made by :func:`new_counts`."""
+    counts["done"] += 1
+    counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
+    counts["cached"] += bool(record.get("cached"))
+    counts["spent_usd"] += record.get("cost_usd") or 0.0
+
+
 def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The count fields of some records, and what they cost (``spent_usd``)."""
-    counts: dict[str, Any] = dict.fromkeys(COUNT_FIELDS, 0)
-    spent = 0.0
+    counts = new_counts()
     for record in records:
-        counts["done"] += 1
-        counts["succeeded" if record["status"] == "succeeded" else "failed"] += 1
-        counts["cached"] += bool(record.get("cached"))
-        spent += record.get("cost_usd") or 0.0
-    counts["spent_usd"] = spent
+        count_record(counts, record)
     return counts
 
 
@@ -44,7 +52,6 @@ class CallGate:
     """What a worker checks before calling the provider for a group of items."""
 
     recorded: set[int]
-    provider: str
     cancelled: bool
     halted_reason: str | None
 
@@ -128,13 +135,13 @@ class RunState:
         self.redis.hset(self.key, mapping={"stop_reason": reason, "cancelled": 1})
         return True
 
-    def counts(self) -> dict[str, int]:
-        """``total`` and the count fields, as integers."""
-        values = self.redis.hmget(self.key, ["total", *COUNT_FIELDS])
-        return {
-            name: int(value or 0)
-            for name, value in zip(["total", *COUNT_FIELDS], values, strict=True)
-        }
+    def counts(self, info: dict[str, str] | None = None) -> dict[str, int]:
+        """``total`` and the count fields, as integers (from ``info`` when already read)."""
+        if info is None:
+            values = self.redis.hmget(self.key, ["total", *COUNT_FIELDS])
+            fields = ["total", *COUNT_FIELDS]
+            info = {k: v.decode() for k, v in zip(fields, values, strict=True) if v}
+        return {name: int(info.get(name) or 0) for name in ("total", *COUNT_FIELDS)}
 
     @property
     def cancelled(self) -> bool:
@@ -276,11 +283,10 @@ class RunState:
         """In one round trip: which items already have a record, and may the run call at all."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(keys.part_records(self.run_id, part), ordinals)
-        pipe.hmget(self.key, ["provider", "cancelled", "halted"])
-        values, (provider, cancelled, halted) = pipe.execute()
+        pipe.hmget(self.key, ["cancelled", "halted"])
+        values, (cancelled, halted) = pipe.execute()
         return CallGate(
             recorded={o for o, v in zip(ordinals, values, strict=True) if v is not None},
-            provider=provider.decode() if provider else "",
             cancelled=cancelled == b"1",
             halted_reason=halted.decode() if halted else None,
         )

@@ -156,10 +156,18 @@ def test_a_raising_item_callback_does_not_break_the_run(tmp_path, tasks_dir, sim
     m = Mitrailleuse()
     task = m.create_task("api", "openai", "raising", None, questions(10))
 
+    seen: list[str] = []
+    completed = threading.Event()
+
     def boom(run, record):
+        seen.append(record["id"])
         raise ValueError("callback bug")
 
-    assert m.submit(task, on_item=boom).wait(timeout=60).succeeded == 10
+    run = m.submit(task, on_item=boom, on_complete=lambda run: completed.set())
+    assert run.wait(timeout=60).succeeded == 10
+    assert completed.wait(10), "the listener stopped at the first raising callback"
+    assert sorted(seen) == sorted(f"items.jsonl:{n}" for n in range(1, 11))
+    assert caplog.text.count("callback bug") >= 10  # each one logged, with its traceback
 
 
 def test_the_readme_example_runs(tmp_path, tasks_dir, sim, worker, capsys):

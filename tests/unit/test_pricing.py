@@ -42,3 +42,13 @@ def test_worst_case_counts_the_whole_completion_budget():
     price = ModelPrice(input_per_mtok=1.0, output_per_mtok=4.0)
     assert worst_case_usd(price, 1_000, 500) == pytest.approx((1_000 + 2_000) / 1e6)
     assert worst_case_usd(ModelPrice(per_mchar=20.0), 1_000, 0) == pytest.approx(0.02)
+
+
+def test_the_progress_bar_shows_spend_and_projection():
+    from mitrailleuse.api import Progress
+    from mitrailleuse.display import spend_line
+
+    start = Progress("running", total=100, done=0, succeeded=0, failed=0, cached=0)
+    assert spend_line(start) == ""
+    quarter = Progress("running", 100, 25, 25, 0, 0, spent_usd=0.01)
+    assert spend_line(quarter) == "$0.0100 → ~$0.0400"
