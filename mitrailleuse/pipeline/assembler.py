@@ -61,11 +61,12 @@ def write_part(run: RunState, part: int, final: bool = True) -> None:
     ordered = sorted(merged.values(), key=lambda r: (r["input_file"], r["index"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, b"".join(orjson.dumps(record) + b"\n" for record in ordered))
+    if final:
+        run.mark_done(part)  # before the records go: a late message then sees the chunk done
     run.drop_part_records(part)
     save_new_answers(run.redis, run.run_id, folder.cache_dir)
     if not final:
         return
-    run.mark_done(part)
     run.redis.publish(keys.events(run.run_id), f"part:{part}")
     folder.update_status(counts=Counts(**run.counts()))
 

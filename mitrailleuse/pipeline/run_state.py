@@ -280,13 +280,20 @@ class RunState:
         return self.redis.bitcount(keys.parts_done(self.run_id))
 
     def before_call(self, part: int, ordinals: list[int]) -> CallGate:
-        """In one round trip: which items already have a record, and may the run call at all."""
+        """In one round trip: which items already have a record, and may the run call at all.
+
+        Every item of a chunk already on disk has its record there, not in Redis: a message
+        delivered again after its chunk was written must not call.
+        """
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(keys.part_records(self.run_id, part), ordinals)
+        pipe.getbit(keys.parts_done(self.run_id), part)
         pipe.hmget(self.key, ["cancelled", "halted"])
-        values, (cancelled, halted) = pipe.execute()
+        values, on_disk, (cancelled, halted) = pipe.execute()
         return CallGate(
-            recorded={o for o, v in zip(ordinals, values, strict=True) if v is not None},
+            recorded=set(ordinals)
+            if on_disk
+            else {o for o, v in zip(ordinals, values, strict=True) if v is not None},
             cancelled=cancelled == b"1",
             halted_reason=halted.decode() if halted else None,
         )

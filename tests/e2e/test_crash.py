@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
+from mitrailleuse.inputs import iter_items
+from mitrailleuse.pipeline.feeder import build_chunk
+from mitrailleuse.pipeline.tasks import call, run_state
 from tests.e2e.helpers import new_task, questions, results, wait_done
 
 pytestmark = pytest.mark.e2e
@@ -20,8 +24,9 @@ def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_wo
     m, task = new_task(tmp_path, questions(400), {"openai": {"batch": {"batch_size": 20}}})
     run = m.submit(task)
     wait_done(run, 60)
-    worker.stop(signal.SIGKILL)
+    worker.stop(signal.SIGKILL)  # its pool processes die with it (Celery sets PDEATHSIG)
     done_at_kill = run.progress().done
+    time.sleep(0.5)  # requests already on the wire reach the simulator's count
     sent_at_kill = sim.stats()["chat_requests"]
 
     start_worker(concurrency=8, env=VISIBILITY)
@@ -32,6 +37,30 @@ def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_wo
     calls = sim.stats()["chat_requests"]
     # items recorded before the kill were not sent again; only those on the wire may be
     assert calls - 400 <= sent_at_kill - done_at_kill, (calls, sent_at_kill, done_at_kill)
+
+
+def test_a_message_delivered_after_its_chunk_is_written_calls_nothing(
+    tmp_path, tasks_dir, sim, start_worker
+):
+    """A call message delivered again once its chunk is on disk (its records gone from Redis).
+
+    Kombu restores a message whose worker died unacknowledged; the copy may come after the
+    chunk was written, and must find its items recorded, not call them again.
+    """
+    start_worker(concurrency=4)
+    m, task = new_task(tmp_path, questions(10))
+    run = m.submit(task)
+    assert run.wait(timeout=60).state == "completed"
+    calls = sim.stats()["chat_requests"]
+    state = run_state(run.run_id)
+    items = [item for item, _ in iter_items(task.input_files())]
+    chunk = build_chunk(state, 0, items, task.config(), set())
+
+    stored = call.apply_async((run.run_id, 0, chunk.messages[0]), queue="openai").get(timeout=30)
+    assert stored == 0
+    assert sim.stats()["chat_requests"] == calls, "a written chunk's items were called again"
+    assert state.part_records(0) == []
+    assert run.progress().done == 10
 
 
 def test_feeder_killed_mid_feed_then_execute_again(tmp_path, tasks_dir, sim, start_worker):
