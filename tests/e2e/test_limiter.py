@@ -39,9 +39,11 @@ def take(limiter, tokens=0):
 
 def test_calls_are_spaced_evenly(limiter_for):
     limiter = limiter_for(rpm=600)  # one per 100 ms, no burst
+    started = time.monotonic()
     first, second = grants(limiter, 2)
+    between = time.monotonic() - started  # a loaded machine may stall between the two
     assert isinstance(first, Grant)
-    assert not isinstance(second, Grant) and 0.05 < second <= 0.1
+    assert not isinstance(second, Grant) and 0.09 - between < second <= 0.1
 
 
 def test_in_flight_cap_and_release(limiter_for):
