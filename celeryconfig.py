@@ -47,6 +47,8 @@ result_backend_always_retry = True
 result_backend_max_retries = 30
 result_backend_max_sleep_between_retries_ms = 2000
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Celery's consumer, except that a Redis restart cannot make the worker exit (see the module).
+worker_consumer = "mitrailleuse.pipeline.consumer:Consumer"
 result_expires = 24 * 3600
 
 task_queues = [Queue(name) for name in all_queues()]

@@ -24,7 +24,7 @@ def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_wo
     m, task = new_task(tmp_path, questions(400), {"openai": {"batch": {"batch_size": 20}}})
     run = m.submit(task)
     wait_done(run, 60)
-    worker.stop(signal.SIGKILL)  # its pool processes die with it (Celery sets PDEATHSIG)
+    worker.stop(signal.SIGKILL)  # its pool is threads: every call it had running dies with it
     done_at_kill = run.progress().done
     time.sleep(0.5)  # requests already on the wire reach the simulator's count
     sent_at_kill = sim.stats()["chat_requests"]
