@@ -12,7 +12,6 @@ come back after the visibility timeout, as for a killed worker.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection
@@ -31,9 +30,8 @@ class Consumer(CeleryConsumer):
         super().on_connection_error_after_connected(exc)
 
 
-def _close_detached(connection: Connection) -> Any:
+def _close_detached(connection: Connection) -> None:
     try:
-        return Connection.release(connection)
+        Connection.release(connection)
     except AttributeError:
         log.warning("broker connection lost: its unacknowledged messages come back later")
-        return None

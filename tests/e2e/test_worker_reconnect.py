@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from mitrailleuse.pipeline.app import app
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.tasks import feed
 from tests.e2e.helpers import new_task, questions
@@ -37,3 +38,6 @@ def test_worker_survives_redis_restarts_and_goes_on_working(
     m, task = new_task(tmp_path, questions(20))
     progress = m.submit(task).wait(timeout=60)
     assert progress.state == "completed" and progress.succeeded == 20
+
+    worker.stop()  # hands the held messages back to their queue: no later test gets them
+    app.control.purge()
