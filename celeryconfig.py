@@ -14,6 +14,11 @@ from mitrailleuse.broker import resolve_redis_url
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE, all_queues
 
 broker_url = result_backend = resolve_redis_url(os.environ.get("REDIS_URL"))
+# kombu's Redis transport, with each delivery owned by the channel that received it: the
+# messages of a dead worker (or of a channel dropped when Redis went away) come back to their
+# queue within seconds, and a late ack on a dropped channel cannot make a worker exit
+# (see the module). A deployment's own celeryconfig.py must keep this line.
+broker_transport = "mitrailleuse.pipeline.transport:Transport"
 broker_connection_retry_on_startup = True
 
 task_serializer = result_serializer = "json"
@@ -47,8 +52,6 @@ result_backend_always_retry = True
 result_backend_max_retries = 30
 result_backend_max_sleep_between_retries_ms = 2000
 worker_cancel_long_running_tasks_on_connection_loss = False
-# Celery's consumer, except that a Redis restart cannot make the worker exit (see the module).
-worker_consumer = "mitrailleuse.pipeline.consumer:Consumer"
 result_expires = 24 * 3600
 
 task_queues = [Queue(name) for name in all_queues()]

@@ -87,13 +87,33 @@ def poll_lock() -> str:
     return f"{PREFIX}:native-batches:poll-lock"
 
 
+def item_claim(run_id: str, ordinal: int) -> str:
+    """String: ``"<owner> <token>"`` of the one call sending this item right now (a lease)."""
+    return f"{PREFIX}:run:{run_id}:claim:{ordinal}"
+
+
+def alive(owner: str) -> str:
+    """String with a TTL: present while the process or broker channel ``owner`` lives."""
+    return f"{PREFIX}:alive:{owner}"
+
+
+def lease(name: str) -> str:
+    """String: ``"<owner> <token>"`` of the holder of an exclusive step (a lease)."""
+    return f"{PREFIX}:lease:{name}"
+
+
+def redelivery_lock() -> str:
+    """Lock: held by the one worker bringing back the messages of dead channels."""
+    return f"{PREFIX}:redelivery-lock"
+
+
 def cache_entry(request_hash: str) -> str:
     """String: a cached answer, shared by every run of the fleet (expires after its TTL)."""
     return f"{PREFIX}:cache:{request_hash}"
 
 
 def cache_claim(request_hash: str) -> str:
-    """String: the run calling for this request right now; identical items wait for it."""
+    """String: ``"<owner> <token>"`` of the call sending this request; identical items wait."""
     return f"{PREFIX}:cache:{request_hash}:claim"
 
 

@@ -46,3 +46,12 @@ def wait_done(run: Any, count: int, timeout_s: float = 60) -> None:
     while run.progress().done < count:
         assert time.monotonic() < deadline, f"fewer than {count} items done in {timeout_s}s"
         time.sleep(0.05)
+
+
+def sent_twice(sim: Any) -> dict[str, list[float]]:
+    """Texts the simulator was sent more than once, with the times each request started."""
+    times: dict[str, list[float]] = {}
+    for entry in sim.log():
+        for text in entry["texts"]:
+            times.setdefault(text, []).append(entry["t"])
+    return {text: sorted(ts) for text, ts in times.items() if len(ts) > 1}
