@@ -19,6 +19,7 @@ import pytest
 
 from mitrailleuse.broker import redis_server_binary
 from mitrailleuse.simulator.process import SimulatorProcess
+from mitrailleuse.simulator.settings import SimulatorSettings
 from mitrailleuse.testing import BeatProcess, RedisServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def simulator() -> Iterator[SimulatorProcess]:
 @pytest.fixture
 def sim(simulator: SimulatorProcess) -> SimulatorProcess:
     """The session's simulator, with counters cleared and default settings."""
-    simulator.configure(latency_ms=0, rpm=None, error_rate=0, tpm=None)
+    simulator.configure(**SimulatorSettings().model_dump())
     simulator.reset()
     return simulator
 

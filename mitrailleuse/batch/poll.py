@@ -68,6 +68,7 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
         age = time.time() - batches.state_path(folder, number).stat().st_mtime
         if state.step == "written" or age > STALE_SUBMISSION_S:
             submit(
+                client,
                 folder,
                 number,
                 openai,

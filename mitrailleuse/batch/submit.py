@@ -2,9 +2,10 @@
 
 In batch mode the feeder hands each chunk to a :class:`BatchWriter` instead of sending it to
 the workers; a full batch file is handed to the ``submit_native_batch`` control task, which
-calls :func:`submit`. Each step is recorded before and after it happens, and a batch found in
-step ``creating`` is looked up at the provider (by its input file) before one is created, so a
-crash never creates the same batch twice.
+calls :func:`submit`, as beat's poll does for a submission that seems stalled. Only one process
+submits a batch at a time (a lease its holder's death frees); each step is recorded before and
+after it happens, and a batch found in step ``creating`` is looked up at the provider (by its
+input file) before one is created: neither a race nor a crash creates the same batch twice.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import redis
 
 from mitrailleuse.batch import state as batches
+from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.taskfolder import TaskFolder
 
@@ -29,6 +32,8 @@ MAX_BYTES = 200 * 1024 * 1024
 ENDPOINT = "/v1/chat/completions"
 #: How many of the provider's batches are searched for one created before a crash.
 LOOKUP_LIMIT = 1000
+#: How long a live submitter may hold a batch's submission (an upload of 200 MB included).
+SUBMISSION_LEASE_S = 1800.0
 
 
 class BatchWriter:
@@ -118,10 +123,29 @@ def write_retry_batch(
 
 
 def submit(
+    store: redis.Redis,
+    folder: TaskFolder,
+    number: int,
+    client: Any,
+    completion_window: str,
+    check_s: float,
+) -> bool:
+    """Upload a batch's file and create the batch, resuming from whichever step was recorded.
+
+    Returns False when another live process is submitting it (it goes on; the poll looks at
+    the batch again later).
+    """
+    lease = Lease(store, f"native-batch:{folder.path}|{number}", SUBMISSION_LEASE_S)
+    with lease as held:
+        if held:
+            _submit(folder, number, client, completion_window, check_s)
+        return held
+
+
+def _submit(
     folder: TaskFolder, number: int, client: Any, completion_window: str, check_s: float
 ) -> None:
-    """Upload a batch's file and create the batch, resuming from whichever step was recorded."""
-    state = batches.load(folder, number)
+    state = batches.load(folder, number)  # read under the lease: the step another left
     if state.step in ("written", "uploading"):
         state.step = "uploading"
         batches.save(folder, state)

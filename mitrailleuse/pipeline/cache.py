@@ -1,8 +1,9 @@
 """The response cache: answers by request hash in Redis, shared by the fleet, with a TTL.
 
 A worker looks its items up before calling: a hit becomes a ``cached`` record, with no call and
-no cost. It claims each miss it is about to call, so identical items in flight are sent once:
-the others wait for the first one's answer. Answers are also queued for the task folder's
+no cost. A miss's request is claimed with the call's rate grant (``acquire.lua``), so identical
+items in flight are sent once: the others wait for the first one's answer, or call themselves if
+its worker died. Answers are also queued for the task folder's
 ``cache/responses.jsonl`` (written by the control queue, which owns the disk); a run on a
 Redis that never saw them loads that file first.
 """
@@ -43,10 +44,8 @@ class Lookup:
 
     #: Ordinal -> the cached answer.
     hits: dict[int, Answer] = field(default_factory=dict)
-    #: Messages this worker claimed: it calls the provider for them.
-    claimed: list[dict[str, Any]] = field(default_factory=list)
-    #: Messages an identical in-flight request will answer: try again shortly.
-    waiting: list[dict[str, Any]] = field(default_factory=list)
+    #: Messages the cache does not know: the provider is asked.
+    misses: list[dict[str, Any]] = field(default_factory=list)
     #: Ordinal -> request hash, for every message looked up.
     hashes: dict[int, str] = field(default_factory=dict)
 
@@ -54,37 +53,26 @@ class Lookup:
 class ResponseCache:
     """A run's view of the fleet's response cache."""
 
-    def __init__(
-        self, client: redis.Redis, run_id: str, settings: CacheSettings, claim_s: float
-    ) -> None:
+    def __init__(self, client: redis.Redis, run_id: str, settings: CacheSettings) -> None:
         self.redis = client
         self.run_id = run_id
         self.settings = settings
-        self.claim_s = max(1, int(claim_s))
 
     def lookup(self, provider: Provider, messages: Sequence[dict[str, Any]]) -> Lookup:
-        """Hits, and claims on the misses: two round trips for the whole group."""
+        """Hits and misses of a group: one round trip."""
         found = Lookup()
         for message in messages:
             found.hashes[message["ordinal"]] = request_hash(provider, message["request"])
         entries = self.redis.mget([keys.cache_entry(h) for h in found.hashes.values()])
-        misses = []
         for message, entry in zip(messages, entries, strict=True):
             if entry is None:
-                misses.append(message)
+                found.misses.append(message)
             else:
                 found.hits[message["ordinal"]] = Answer(**orjson.loads(entry))
-        if misses:
-            pipe = self.redis.pipeline(transaction=False)
-            for message in misses:
-                claim = keys.cache_claim(found.hashes[message["ordinal"]])
-                pipe.set(claim, self.run_id, nx=True, ex=self.claim_s)
-            for message, claimed in zip(misses, pipe.execute(), strict=True):
-                (found.claimed if claimed else found.waiting).append(message)
         return found
 
     def put(self, answers: Iterable[tuple[str, Answer]], fresh: bool = True) -> None:
-        """Keep answers for ``ttl_s`` and free their claims (``fresh``: a call's answers).
+        """Keep answers for ``ttl_s`` (``fresh``: a call's answers), before their claims go.
 
         Hits come back with ``fresh=False``: they only go to the task's file cache, so that
         the task keeps every answer it used.
@@ -96,16 +84,9 @@ class ResponseCache:
             )
             if fresh:
                 pipe.set(keys.cache_entry(digest), value, ex=self.settings.ttl_s)
-                pipe.delete(keys.cache_claim(digest))
             if self.settings.file:
                 pipe.rpush(keys.cache_new(self.run_id), digest.encode() + b" " + value)
         pipe.execute()
-
-    def release(self, hashes: Iterable[str]) -> None:
-        """Free claims without an answer (the call failed): a waiting item calls itself."""
-        claims = [keys.cache_claim(h) for h in hashes]
-        if claims:
-            self.redis.delete(*claims)
 
 
 def save_new_answers(client: redis.Redis, run_id: str, cache_dir: Path) -> int:

@@ -2,8 +2,14 @@
 
 :func:`call_group` is called by the ``mitrailleuse.call`` Celery task with the items of one
 message. It skips items that already have a record (a redelivered message), calls the provider
-once, and stores one record per item, or asks the task to retry later. It never raises for a
-provider's failure, so a chord always reaches its callback.
+once per group, and stores one record per item, or asks the task to retry later. It never
+raises for a provider's failure, so a chord always reaches its callback.
+
+Each call claims its items in the same round trip as its rate grant (``acquire.lua``): a copy of
+the message running at the same time (a feeder that sent a chunk twice, a message brought back
+after a Redis restart) waits for the record instead of calling again; only an item whose worker
+died with its request on the wire can be sent twice. Every path that makes no call after the
+grant frees the claims, and a dead worker's claims are free once its heartbeat stops.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from mitrailleuse.config import TaskConfig, parse_config
 from mitrailleuse.cost.budget import Reservation, RunBudget
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key
+from mitrailleuse.pipeline import liveness
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
 from mitrailleuse.pipeline.feeder import group_calls
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.pipeline.similarity import check_answers
 from mitrailleuse.providers import Answer, ErrorKind, Provider, ProviderError, provider_class
-from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
+from mitrailleuse.ratelimit import WAITING, Claims, Grant, Held, ItemState, Limits, RedisLimiter
 from mitrailleuse.records import ItemRef, failed, succeeded
 
 log = logging.getLogger(__name__)
@@ -36,10 +43,8 @@ log = logging.getLogger(__name__)
 MAX_CACHED_RUNS = 16
 
 
-#: How long a claim on a cached request outlives the call that holds it (a dead worker's
-#: claim expires, and an identical item calls for itself).
-CLAIM_MARGIN_S = 30.0
-#: How soon an item waiting for an identical in-flight request looks again.
+#: How soon an item held by a live call elsewhere (a copy of its message, or an identical
+#: request) is looked at again.
 CLAIM_POLL_S = 1.0
 #: How soon a call the budget cannot cover yet (other calls hold reservations) asks again.
 BUDGET_POLL_S = 0.5
@@ -89,10 +94,11 @@ def context_for(run: RunState) -> RunContext:
         RedisLimiter(run.redis, name, provider.model, limits),
         RunBudget(run.redis, run.run_id, general.cost_limit_usd),
         price_of(name, provider.model, general.prices),
-        ResponseCache(run.redis, run.run_id, general.cache, section.timeout_s + CLAIM_MARGIN_S)
+        ResponseCache(run.redis, run.run_id, general.cache)
         if cache_enabled(general.cache, provider)
         else None,
     )
+    liveness.heartbeat(run.redis)  # claims are held in this process's name
     with _contexts_lock:
         _contexts[run.run_id] = context
         while len(_contexts) > MAX_CACHED_RUNS:
@@ -104,18 +110,20 @@ def context_for(run: RunState) -> RunContext:
 class CallOutcome:
     """What became of a group: records stored, or a wait before trying again.
 
-    ``attempted`` holds the items whose failed call used an attempt; items the rate limiter
-    held back, or that wait for an identical request, used none.
+    ``attempted`` holds the items whose failed call used an attempt; items the rate limiter or
+    the budget held back (``limited``), or that wait for a call elsewhere, used none.
     """
 
     stored: int = 0
     retry_in_s: float | None = None
     attempted: set[int] = field(default_factory=set)
+    limited: bool = False
 
     def add(self, other: CallOutcome) -> None:
         """Fold another call's outcome in: the message retries after the longest wait."""
         self.stored += other.stored
         self.attempted |= other.attempted
+        self.limited = self.limited or other.limited
         if other.retry_in_s is not None:
             self.retry_in_s = max(self.retry_in_s or 0.0, other.retry_in_s)
 
@@ -130,8 +138,8 @@ def call_group(run: RunState, part: int, messages: list[dict[str, Any]]) -> Call
 
     A message carries up to ``general.calls_per_message`` calls, made one after the other:
     Celery's cost per message is shared by them. Items the response cache knows are recorded as
-    ``cached`` without a call; items an identical in-flight request will answer wait for it.
-    Each item carries its own ``attempt`` count (1 when absent).
+    ``cached`` without a call; items a live call elsewhere is sending wait for it. Each item
+    carries its own ``attempt`` count (1 when absent).
     """
     gate = run.before_call(part, [m["ordinal"] for m in messages])
     pending = [m for m in messages if m["ordinal"] not in gate.recorded]
@@ -144,21 +152,18 @@ def call_group(run: RunState, part: int, messages: list[dict[str, Any]]) -> Call
         items = [ItemRef.from_message(m) for m in pending]
         return _store_failed(run, part, provider, items, error, attempts=0)
     hashes: dict[int, str] = {}
-    waiting: list[dict[str, Any]] = []
     hits = 0
     if context.cache is not None:
         found = context.cache.lookup(provider, pending)
         hits = _store_hits(run, part, provider, pending, found.hits)
         context.cache.put(((found.hashes[o], a) for o, a in found.hits.items()), fresh=False)
-        pending, waiting, hashes = found.claimed, found.waiting, found.hashes
+        pending, hashes = found.misses, found.hashes
+    holder = liveness.holder(liveness.heartbeat(run.redis).owner)
     outcome = CallOutcome(stored=hits)
     for group in group_calls(type(provider), pending):
-        result = _call(run, part, context, group, hashes)
-        outcome.add(result)
-        if result.retry_in_s is not None and not result.attempted:
-            break  # the rate limiter holds calls back: the next ones would wait as well
-    if waiting:
-        outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
+        outcome.add(_call(run, part, context, group, hashes, holder))
+        if outcome.limited:
+            break  # the rate limiter or the budget holds calls back: the next ones would wait
     return outcome
 
 
@@ -168,57 +173,79 @@ def _call(
     context: RunContext,
     pending: list[dict[str, Any]],
     hashes: dict[int, str],
+    holder: str,
 ) -> CallOutcome:
-    """Reserve the budget, wait for the rate limiter, call, and store the records."""
+    """Reserve the budget, take the grant and the claims, call, and store the records."""
     provider, section = context.provider, context.section
-    attempt = max(m.get("attempt", 1) for m in pending)
-    items = [ItemRef.from_message(m) for m in pending]
     payloads = [m["request"] for m in pending]
-    claims = [hashes[item.ordinal] for item in items if item.ordinal in hashes]
     worst = 0.0  # only a run with a cost limit reserves anything
     if context.price is not None and context.budget.limit_usd is not None:
         worst = worst_case_usd(context.price, *provider.cost_units(payloads))
     reservation = context.budget.reserve(worst)
     if reservation is not Reservation.RESERVED:
-        _release(context, claims)
         if reservation is Reservation.WAIT:
-            return CallOutcome(retry_in_s=BUDGET_POLL_S)
+            return CallOutcome(retry_in_s=BUDGET_POLL_S, limited=True)
         limit, spent = context.budget.limit_usd, run.spent_usd()
         run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
         return CallOutcome()
     try:
-        grant = _acquire(context.limiter, provider.estimate_tokens(payloads), section.timeout_s)
-        if not isinstance(grant, Grant):
-            _release(context, claims)
-            return CallOutcome(retry_in_s=grant)
-        if run.cancelled:  # cancelled while waiting for the grant: no call starts after cancel
-            context.limiter.release(grant, 0)
-            _release(context, claims)
-            return CallOutcome()
-        started = time.monotonic()
-        used_tokens = None
-        try:
-            result = provider.send(payloads, section.timeout_s)
-            used_tokens = provider.used_tokens(result.answers)
-        except ProviderError as error:
-            if error.kind is ErrorKind.RATE_LIMITED:
-                context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
-            _release(context, claims)
-            return _after_error(run, part, provider, items, error, attempt, section.retry)
-        except Exception as error:  # a bug or an SDK surprise must not stall the chord
-            log.exception("unexpected error calling %s", provider.name)
-            _release(context, claims)
-            wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
-            return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
-        finally:
-            context.limiter.release(grant, used_tokens)
-        context.limiter.observe(result.headers)
-        latency_ms = round((time.monotonic() - started) * 1000)
-        return _store_answers(
-            run, part, context, items, result.answers, attempt, latency_ms, hashes
+        ordinals = [m["ordinal"] for m in pending]
+        request_hashes = [hashes[o] for o in ordinals] if hashes else None
+        claims = run.claims(part, ordinals, holder, request_hashes)
+        turn = _acquire(
+            context.limiter, provider.estimate_tokens(payloads), section.timeout_s, claims
         )
+        if isinstance(turn, Held):
+            return CallOutcome(retry_in_s=CLAIM_POLL_S if turn.waiting else None)
+        if not isinstance(turn, Grant):
+            return CallOutcome(retry_in_s=turn, limited=True)
+        outcome = _call_claimed(run, part, context, pending, turn, claims, hashes)
+        if any(state in WAITING for state in turn.items):
+            outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
+        return outcome
     finally:
         context.budget.give_back(worst)
+
+
+def _call_claimed(
+    run: RunState,
+    part: int,
+    context: RunContext,
+    pending: list[dict[str, Any]],
+    grant: Grant,
+    claims: Claims,
+    hashes: dict[int, str],
+) -> CallOutcome:
+    """Send the items the grant claimed; their claims are freed on every path."""
+    provider, section = context.provider, context.section
+    claimed = [
+        m for m, state in zip(pending, grant.items, strict=True) if state is ItemState.CLAIMED
+    ]
+    held = claims.held_keys(grant.items)
+    items = [ItemRef.from_message(m) for m in claimed]
+    attempt = max(m.get("attempt", 1) for m in claimed)
+    started = time.monotonic()
+    used_tokens = None
+    try:
+        result = provider.send([m["request"] for m in claimed], section.timeout_s)
+        used_tokens = provider.used_tokens(result.answers)
+    except ProviderError as error:
+        if error.kind is ErrorKind.RATE_LIMITED:
+            context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
+        run.release_claims(held)
+        return _after_error(run, part, provider, items, error, attempt, section.retry)
+    except Exception as error:  # a bug or an SDK surprise must not stall the chord
+        log.exception("unexpected error calling %s", provider.name)
+        run.release_claims(held)
+        wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
+        return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
+    finally:
+        context.limiter.release(grant, used_tokens)
+    context.limiter.observe(result.headers)
+    latency_ms = round((time.monotonic() - started) * 1000)
+    return _store_answers(
+        run, part, context, items, result.answers, attempt, latency_ms, hashes, held
+    )
 
 
 def _store_answers(
@@ -230,8 +257,12 @@ def _store_answers(
     attempt: int,
     latency_ms: int,
     hashes: dict[int, str],
+    held: list[str],
 ) -> CallOutcome:
-    """Records of a call's answers; answers too like recent ones may be asked again instead."""
+    """Records of a call's answers, its claims freed with them.
+
+    Answers too like recent ones may be asked again instead (similarity check).
+    """
     provider = context.provider
     records = {
         item.ordinal: succeeded(
@@ -267,9 +298,8 @@ def _store_answers(
             for item, answer in zip(items, answers, strict=True)
             if item.ordinal in hashes and item.ordinal not in reask
         )
-        _release(context, [hashes[o] for o in reask if o in hashes])
     kept = [(o, record) for o, record in records.items() if o not in reask]
-    stored = run.store_records(part, kept)
+    stored = run.store_records(part, kept, release=held)
     if reask:
         return CallOutcome(stored, similarity.settings.cooldown_period, reask)
     return CallOutcome(stored)
@@ -303,19 +333,16 @@ def _store_hits(
     return run.store_records(part, records) if records else 0
 
 
-def _release(context: RunContext, claims: list[str]) -> None:
-    if context.cache is not None:
-        context.cache.release(claims)
-
-
-def _acquire(limiter: RedisLimiter, tokens: int, timeout_s: float) -> Grant | float:
+def _acquire(
+    limiter: RedisLimiter, tokens: int, timeout_s: float, claims: Claims
+) -> Grant | Held | float:
     """A grant, waiting in place for a moment at most; else the longer wait still needed."""
     deadline = time.monotonic() + MOMENT_S
     while True:
-        grant = limiter.acquire(tokens, timeout_s)
-        if isinstance(grant, Grant) or time.monotonic() + grant > deadline:
-            return grant
-        time.sleep(grant)
+        turn = limiter.acquire(tokens, timeout_s, claims)
+        if not isinstance(turn, float) or time.monotonic() + turn > deadline:
+            return turn
+        time.sleep(turn)
 
 
 def _after_error(

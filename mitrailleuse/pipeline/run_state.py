@@ -21,6 +21,8 @@ from redis.retry import Retry
 
 from mitrailleuse import keys
 from mitrailleuse.inputs import Cursor
+from mitrailleuse.pipeline.liveness import ALIVE_PREFIX
+from mitrailleuse.ratelimit import Claims
 
 #: Count fields of the run hash, as in ``status.json``.
 COUNT_FIELDS = ("done", "succeeded", "failed", "cached")
@@ -298,14 +300,58 @@ class RunState:
             halted_reason=halted.decode() if halted else None,
         )
 
-    def store_records(self, part: int, records: Iterable[tuple[int, dict[str, Any]]]) -> int:
-        """Store each item's record once; count only those stored first. Returns how many."""
+    def claims(
+        self, part: int, ordinals: list[int], holder: str, request_hashes: list[str] | None
+    ) -> Claims:
+        """The claims of a call on items of chunk ``part`` (and on their requests, when cached).
+
+        Taken with the call's rate grant (``acquire.lua``), which also checks that the run is
+        not cancelled and that no item has its record yet.
+        """
+        run_id = self.run_id
+        item_keys = [keys.item_claim(run_id, ordinal) for ordinal in ordinals]
+        request_keys = [
+            (keys.cache_claim(digest), keys.cache_entry(digest)) for digest in request_hashes or ()
+        ]
+        return Claims(
+            keys=[
+                self.key,
+                keys.part_records(run_id, part),
+                keys.parts_done(run_id),
+                *item_keys,
+                *(key for pair in request_keys for key in pair),
+            ],
+            args=[part, holder, ALIVE_PREFIX, *ordinals],
+            held=[
+                (item, *(request_keys[n][:1] if request_keys else ()))
+                for n, item in enumerate(item_keys)
+            ],
+        )
+
+    def release_claims(self, held: list[str]) -> None:
+        """Free claims without a record (the call failed, or is asked again later)."""
+        if held:
+            self.redis.delete(*held)
+
+    def store_records(
+        self,
+        part: int,
+        records: Iterable[tuple[int, dict[str, Any]]],
+        release: list[str] | None = None,
+    ) -> int:
+        """Store each item's record once; count only those stored first. Returns how many.
+
+        The call's claims (``release``) are freed in the same round trip, after the records:
+        a copy of the message then finds the records, never a free item.
+        """
         key = keys.part_records(self.run_id, part)
         records = list(records)
         pipe = self.redis.pipeline(transaction=False)
         for ordinal, record in records:
             pipe.hsetnx(key, ordinal, orjson.dumps(record))
-        stored = pipe.execute()
+        if release:
+            pipe.delete(*release)
+        stored = pipe.execute()[: len(records)]
         new = [record for (_, record), is_new in zip(records, stored, strict=True) if is_new]
         self.add_counts(record_counts(new))
         return len(new)

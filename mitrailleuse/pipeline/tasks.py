@@ -92,6 +92,7 @@ def submit_native_batch(run_id: str, number: int) -> None:
     section = context.config.provider(run.provider)
     folder = TaskFolder(Path(run.get("task_path") or ""))
     batch_submit(
+        run.redis,
         folder,
         number,
         context.provider.client,

@@ -1,5 +1,23 @@
 """Fleet-wide rate limits: the algorithms in Lua, run atomically by Redis."""
 
-from mitrailleuse.ratelimit.limiter import Grant, Limits, Rates, RedisLimiter
+from mitrailleuse.ratelimit.limiter import (
+    WAITING,
+    Claims,
+    Grant,
+    Held,
+    ItemState,
+    Limits,
+    Rates,
+    RedisLimiter,
+)
 
-__all__ = ["Grant", "Limits", "Rates", "RedisLimiter"]
+__all__ = [
+    "WAITING",
+    "Claims",
+    "Grant",
+    "Held",
+    "ItemState",
+    "Limits",
+    "Rates",
+    "RedisLimiter",
+]

@@ -1,14 +1,29 @@
--- Take one request (and its estimated tokens) from a provider's fleet-wide budget, atomically.
+-- Take one request (and its estimated tokens) from a provider's fleet-wide budget, atomically,
+-- together with the claims on the items the call is for (prepended: pipeline/held.lua).
 -- KEYS: 1 request TAT, 2 token TAT, 3 in-flight leases (zset), 4 pause-until,
---       5 this minute's rate counters (hash: r<second>, t<second>)
+--       5 this minute's rate counters (hash: r<second>, t<second>);
+--       with claims: 6 the run hash, 7 the chunk's records (hash), 8 the chunks-done bitmap,
+--       then each item's claim, then (with the response cache) each item's cache claim and
+--       cache entry
 -- ARGV: 1 requests/min, 2 tokens/min (0 = none), 3 tokens, 4 max in flight, 5 lease id,
---       6 lease ttl ms, 7 burst ms (at least one interval: one request may always go)
--- Returns {1, 0} when granted, or {0, ms to wait}.
+--       6 lease ttl ms (also the claims'), 7 burst ms (at least one interval: one request may
+--       always go); with claims: 8 chunk number, 9 holder ("<owner> <token>"),
+--       10 alive-key prefix, then each item's ordinal
+-- Returns {1, 0, state...} granted for the items in state 0 (claimed for this call);
+--         {0, ms} wait that long first; {2, 0, state...} nothing to call; {3, 0} cancelled.
+-- Item states: 0 claimed here; 1 recorded already; 2 a live call elsewhere has the item;
+--              3 a live call elsewhere has an identical request, or its answer is cached now.
+-- Nothing is written unless a call is granted: a call held back holds no claim.
 -- GCRA (generic cell rate algorithm): a theoretical arrival time per budget, stored in ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_in_flight, lease_ttl, burst = tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local claims = #KEYS > 5
+
+if claims and redis.call('HGET', KEYS[6], 'cancelled') == '1' then
+  return {3, 0}
+end
 
 local paused_until = tonumber(redis.call('GET', KEYS[4]) or '0')
 if paused_until > now then
@@ -27,19 +42,54 @@ if wait > 0 then
   return {0, math.ceil(wait)}
 end
 
-local token_tat = now
+local token_tat, cost = now, 0
 if tpm > 0 then
-  local per_token = 60000 / tpm
   token_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-  local cost = tokens * per_token
+  cost = tokens * 60000 / tpm
   local token_wait = token_tat + cost - math.max(burst, cost) - now
   if token_wait > 0 then
     return {0, math.ceil(token_wait)}
   end
+end
+
+local reply = {1, 0}
+if claims then
+  local part, holder, alive = ARGV[8], ARGV[9], ARGV[10]
+  local items = #ARGV - 10
+  local cached = #KEYS - 8 > items
+  local done = redis.call('GETBIT', KEYS[8], part) == 1
+  local any = false
+  for i = 1, items do
+    local state = 0
+    if done or redis.call('HEXISTS', KEYS[7], ARGV[10 + i]) == 1 then
+      state = 1
+    elseif held_elsewhere(KEYS[8 + i], holder, alive) then
+      state = 2
+    elseif cached and (held_elsewhere(KEYS[8 + items + 2 * i - 1], holder, alive)
+        or redis.call('EXISTS', KEYS[8 + items + 2 * i]) == 1) then
+      state = 3
+    end
+    reply[2 + i] = state
+    any = any or state == 0
+  end
+  if not any then
+    reply[1] = 2
+    return reply
+  end
+  for i = 1, items do
+    if reply[2 + i] == 0 then
+      redis.call('SET', KEYS[8 + i], holder, 'PX', lease_ttl)
+      if cached then
+        redis.call('SET', KEYS[8 + items + 2 * i - 1], holder, 'PX', lease_ttl)
+      end
+    end
+  end
+end
+
+if tpm > 0 then
   token_tat = token_tat + cost
   redis.call('SET', KEYS[2], token_tat, 'PX', math.ceil(token_tat - now) + 60000)
 end
-
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 60000)
 redis.call('ZADD', KEYS[3], now + lease_ttl, ARGV[5])
 redis.call('PEXPIRE', KEYS[3], lease_ttl + 60000)
@@ -47,4 +97,4 @@ local second = math.floor(now / 1000)
 redis.call('HINCRBY', KEYS[5], 'r' .. second, 1)
 redis.call('HINCRBY', KEYS[5], 't' .. second, tokens)
 redis.call('PEXPIRE', KEYS[5], 180000)
-return {1, 0}
+return reply

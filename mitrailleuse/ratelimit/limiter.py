@@ -10,30 +10,32 @@ Requests and tokens per minute are GCRA budgets (a theoretical arrival time per 
 space calls evenly, with no burst: a provider's sliding 60-second window never sees more than
 the limit (a burst allowance, measured, cost a few 429s at each window's edge).
 In-flight calls are leases in a sorted set that expire on their own if a worker dies mid-call.
+
+A grant can carry :class:`Claims`: the items of the call are claimed in the same round trip
+(``acquire.lua``), so that no other copy of the message, and no identical request, is sent while
+this call is out; a call the limiter holds back claims nothing.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
-from importlib.resources import files
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from mitrailleuse import keys
 from mitrailleuse.config import RateLimit
+from mitrailleuse.scripts import script
 
-#: A lease outlives a call by this much before it is presumed lost (a killed worker).
+#: A lease (and a claim) outlives a call by this much before it is presumed lost.
 LEASE_MARGIN_S = 30.0
-
-
-def _script(client: redis.Redis, name: str) -> redis.commands.core.Script:
-    return client.register_script(files("mitrailleuse.ratelimit").joinpath(name).read_text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +62,64 @@ class Limits:
         )
 
 
+class ItemState(enum.IntEnum):
+    """What ``acquire.lua`` found of one item of a call (see :class:`Claims`)."""
+
+    CLAIMED = 0  #: claimed for this call: send it
+    RECORDED = 1  #: it has its record already: skip it
+    IN_FLIGHT = 2  #: a live call elsewhere sends it: look again once that one is done
+    IDENTICAL = 3  #: a live call elsewhere sends the same request, or its answer is cached
+
+
+#: The states that ask for another look soon.
+WAITING = frozenset({ItemState.IN_FLIGHT, ItemState.IDENTICAL})
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The items a call is for, claimed with its grant.
+
+    ``keys`` and ``args`` are what ``acquire.lua`` reads after its own; ``held`` lists, per
+    item, the keys its claim holds (freed after the call).
+    """
+
+    keys: list[str]
+    args: list[Any]
+    held: list[tuple[str, ...]]
+
+    def held_keys(self, states: Sequence[ItemState]) -> list[str]:
+        """The keys held for the items claimed."""
+        return [
+            key
+            for state, held in zip(states, self.held, strict=True)
+            if state is ItemState.CLAIMED
+            for key in held
+        ]
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A granted call: give it back with :meth:`RedisLimiter.release`."""
+    """A granted call: give it back with :meth:`RedisLimiter.release`.
+
+    ``items`` holds the state of each item of the grant's claims (none without claims).
+    """
 
     lease_id: str
     tokens: int
+    items: tuple[ItemState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Nothing to call: the run is cancelled, or every item is recorded or held elsewhere."""
+
+    cancelled: bool = False
+    items: tuple[ItemState, ...] = field(default=())
+
+    @property
+    def waiting(self) -> bool:
+        """Whether some item waits for a call elsewhere (look again soon)."""
+        return any(state in WAITING for state in self.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,23 +138,30 @@ class RedisLimiter:
         self.redis = client
         self.limits = limits
         self.scope = f"{provider}:{model}"
-        self._acquire = _script(client, "acquire.lua")
-        self._release = _script(client, "release.lua")
-        self._pause = _script(client, "pause.lua")
-        self._observe = _script(client, "observe.lua")
+        self._acquire = script(client, "pipeline/held.lua", "ratelimit/acquire.lua")
+        self._release = script(client, "ratelimit/release.lua")
+        self._pause = script(client, "ratelimit/pause.lua")
+        self._observe = script(client, "ratelimit/observe.lua")
         self.interval_ms = 60_000 / limits.requests_per_minute
 
-    def acquire(self, tokens: int, timeout_s: float) -> Grant | float:
-        """Take a request and ``tokens``: a Grant, or how many seconds to wait first."""
+    def acquire(
+        self, tokens: int, timeout_s: float, claims: Claims | None = None
+    ) -> Grant | Held | float:
+        """Take a request and ``tokens`` (and ``claims``): a Grant, or how long to wait first.
+
+        With claims, :class:`Held` says there is nothing to call; the claims of a grant last
+        ``timeout_s`` plus :data:`LEASE_MARGIN_S`, or until their holder's process dies.
+        """
         limits = self.limits
         lease_id = uuid.uuid4().hex
-        granted, wait_ms = self._acquire(
+        reply = self._acquire(
             keys=[
                 keys.limit(self.scope, "requests"),
                 keys.limit(self.scope, "tokens"),
                 keys.limit(self.scope, "in-flight"),
                 keys.limit(self.scope, "pause"),
                 keys.rate_counters(self.scope, _minute()),
+                *(claims.keys if claims else ()),
             ],
             args=[
                 limits.requests_per_minute,
@@ -110,9 +171,16 @@ class RedisLimiter:
                 lease_id,
                 math.ceil((timeout_s + LEASE_MARGIN_S) * 1000),
                 self.interval_ms,
+                *(claims.args if claims else ()),
             ],
         )
-        return Grant(lease_id, tokens) if granted else wait_ms / 1000
+        outcome, wait_ms, *states = reply
+        items = tuple(ItemState(state) for state in states)
+        if outcome == 1:
+            return Grant(lease_id, tokens, items)
+        if outcome == 0:
+            return wait_ms / 1000
+        return Held(cancelled=outcome == 3, items=items)
 
     def release(self, grant: Grant, actual_tokens: int | None = None) -> None:
         """End a call's lease; correct its tokens when the response said how many it used."""

@@ -361,6 +361,8 @@ class OpenAIApi:
             return openai_error(400, "Missing required parameter: 'file'.", param="file")
         content = upload.file.read()
         self.state.files_uploaded += 1
+        if self.state.settings.upload_latency_ms:
+            await asyncio.sleep(self.state.settings.upload_latency_ms / 1000)
         return json_response(self._store_file(content, upload.filename or "upload", purpose))
 
     async def retrieve_file(self, request: web.Request) -> web.Response:

@@ -30,3 +30,6 @@ class SimulatorSettings(BaseModel):
     )
     record_log: bool = Field(True, description="Keep the per-request log of /_sim/log.")
     hang_s: float = Field(30, ge=0, description="How long a [[hang]] request sleeps.")
+    upload_latency_ms: float = Field(
+        0, ge=0, description="How long a file upload (POST /v1/files) takes to answer."
+    )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
+import redis
 
 from mitrailleuse.api import Mitrailleuse
+from mitrailleuse.batch.poll import poll_all
 from mitrailleuse.batch.state import all_states
+from mitrailleuse.pipeline.feeder import Slice, feed_slice
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+from mitrailleuse.pipeline.tasks import run_state, submit_native_batch
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.helpers import results, write_jsonl
 
@@ -142,3 +148,64 @@ def test_cancel_cancels_the_provider_batches_and_execute_resumes(sim, batch_task
     assert resumed.state == "completed" and resumed.succeeded == 60
     records = results(task)
     assert [r["output"] for r in records] == [expected(row) for row in rows]
+
+
+class RecordingDispatcher:
+    """The feeder's way out, recording the batches it closed: the test submits them itself."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def send_chunk(self, run, chunk) -> None:
+        raise AssertionError(f"a batch-mode run sent chunk {chunk.part} to the workers")
+
+    def send_batch(self, run, number: int) -> None:
+        self.batches.append(number)
+
+
+def test_beat_and_the_control_task_submitting_one_batch_at_once_create_it_once(
+    tmp_path, tasks_dir, sim, start_worker, start_beat, redis_server
+):
+    """The race CI lost: beat's poll finds a batch ``written`` while its submit task runs.
+
+    The batch is written here, by the feeder called in this process; then the control
+    worker's submit task and beat's poll (its body, called here at the same moment) both
+    submit it, each upload taking 1.5 s. Only the submission lease stops the second one.
+    """
+    sim.configure(upload_latency_ms=1500, batch_duration_s=0.5)
+    rows = [{"input_text": f"raced {n}"} for n in range(20)]
+    m = Mitrailleuse()
+    task = m.create_task(
+        "nb", "openai", "race", batch_config(), [write_jsonl(tmp_path / "r.jsonl", rows)]
+    )
+    run = m.submit(task)  # its feed message waits: no control worker runs yet
+    state = run_state(run.run_id)
+    dispatcher = RecordingDispatcher()
+    assert feed_slice(state, dispatcher, state.get("feeder")) is Slice.DONE
+    (number,) = dispatcher.batches
+    assert all_states(task)[0].step == "written"
+
+    start_worker(queues=["mitrailleuse"])
+    poll = threading.Thread(target=poll_all, args=(redis.Redis.from_url(redis_server.url),))
+    submit_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
+    poll.start()
+    poll.join(timeout=30)
+    start_beat()
+    progress = run.wait(timeout=60)
+    assert progress.state == "completed" and progress.succeeded == 20
+    stats = sim.stats()
+    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1), stats
+
+
+def test_back_to_back_batch_runs_create_each_batch_once(sim, batch_task):
+    """20 runs one after the other, each of 2 batches: exactly 40 batches, 40 uploads."""
+    rows = [{"input_text": f"again {n}"} for n in range(40)]
+    m, task, _, _ = batch_task("again", rows, 0.3)
+    for _ in range(20):
+        sim.reset()
+        fresh = m.create_task(
+            "nb", "openai", "again", batch_config(), [task.inputs_dir / "again.jsonl"]
+        )
+        assert m.submit(fresh).wait(timeout=60).state == "completed"
+        stats = sim.stats()
+        assert (stats["files_uploaded"], stats["batches_created"]) == (2, 2), stats
