@@ -92,6 +92,11 @@ def item_claim(run_id: str, ordinal: int) -> str:
     return f"{PREFIX}:run:{run_id}:claim:{ordinal}"
 
 
+def reservations(run_id: str) -> str:
+    """Hash: a call's holder (``"<owner> <token>"``) -> the worst-case cost it reserved."""
+    return f"{PREFIX}:run:{run_id}:reservations"
+
+
 def alive(owner: str) -> str:
     """String with a TTL: present while the process or broker channel ``owner`` lives."""
     return f"{PREFIX}:alive:{owner}"

@@ -4,19 +4,19 @@ Before a call its worst-case cost is reserved (``reserve.lua``: one atomic check
 after it the reservation is given back and the record's actual cost is spent. A call the
 budget cannot cover waits while other calls hold reservations (their actual costs are usually
 lower), and is not made once none does: the run stops dispatching and ends ``stopped_budget``,
-within one call's worst-case cost of the limit.
+within one call's worst-case cost of the limit. Each reservation is kept under its holder
+(``"<owner> <token>"``, see :mod:`mitrailleuse.pipeline.liveness`): the reservations of a
+worker that died mid-call are given back, instead of holding the run back for ever.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from importlib.resources import files
 
 import redis
 
 from mitrailleuse import keys
-
-_RESERVE = files("mitrailleuse.cost").joinpath("reserve.lua").read_text()
+from mitrailleuse.scripts import script
 
 
 class Reservation(IntEnum):
@@ -34,23 +34,26 @@ class RunBudget:
 
     def __init__(self, client: redis.Redis, run_id: str, limit_usd: float | None) -> None:
         self.redis = client
-        self.key = keys.run(run_id)
+        self.keys = [keys.run(run_id), keys.reservations(run_id)]
         self.limit_usd = limit_usd
-        self._reserve = client.register_script(_RESERVE)
+        self._reserve = script(client, "pipeline/held.lua", "cost/reserve.lua")
+        self._give_back = script(client, "cost/give_back.lua")
 
-    def reserve(self, usd: float) -> Reservation:
-        """Set ``usd`` aside for a call, if the budget can cover it now, or ever."""
+    def reserve(self, usd: float, holder: str) -> Reservation:
+        """Set ``usd`` aside for a call of ``holder``, if the budget can cover it now, or ever."""
         if self.limit_usd is None or usd <= 0:
             return Reservation.RESERVED
-        answer = self._reserve(keys=[self.key], args=[repr(usd), repr(self.limit_usd)])
+        answer = self._reserve(
+            keys=self.keys, args=[repr(usd), repr(self.limit_usd), holder, keys.alive("")]
+        )
         return Reservation(int(answer))
 
-    def give_back(self, usd: float) -> None:
-        """Release a reservation once the call's records (and their costs) are stored."""
+    def give_back(self, usd: float, holder: str) -> None:
+        """Release ``holder``'s reservation once the call's records (and costs) are stored."""
         if self.limit_usd is not None and usd > 0:
-            self.redis.hincrbyfloat(self.key, "reserved_usd", -usd)
+            self._give_back(keys=self.keys, args=[holder])
 
     def spend(self, usd: float) -> None:
         """Count money spent that no record carries (an answer asked again)."""
         if usd:
-            self.redis.hincrbyfloat(self.key, "spent_usd", usd)
+            self.redis.hincrbyfloat(self.keys[0], "spent_usd", usd)

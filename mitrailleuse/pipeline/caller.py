@@ -181,7 +181,7 @@ def _call(
     worst = 0.0  # only a run with a cost limit reserves anything
     if context.price is not None and context.budget.limit_usd is not None:
         worst = worst_case_usd(context.price, *provider.cost_units(payloads))
-    reservation = context.budget.reserve(worst)
+    reservation = context.budget.reserve(worst, holder)
     if reservation is not Reservation.RESERVED:
         if reservation is Reservation.WAIT:
             return CallOutcome(retry_in_s=BUDGET_POLL_S, limited=True)
@@ -204,7 +204,7 @@ def _call(
             outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
         return outcome
     finally:
-        context.budget.give_back(worst)
+        context.budget.give_back(worst, holder)
 
 
 def _call_claimed(

@@ -43,7 +43,8 @@ def wait_done(run: Any, count: int, timeout_s: float = 60) -> None:
     import time
 
     deadline = time.monotonic() + timeout_s
-    while run.progress().done < count:
+    while (progress := run.progress()).done < count:
+        assert not progress.finished, f"the run ended ({progress}) before {count} items were done"
         assert time.monotonic() < deadline, f"fewer than {count} items done in {timeout_s}s"
         time.sleep(0.05)
 
