@@ -30,13 +30,12 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One message reserved per worker slot: a killed worker strands as few messages as possible.
 worker_prefetch_multiplier = 1
-# An unacknowledged message comes back after this long: it must exceed any call (timeout_s)
-# and any wait. A retry waiting for its countdown is an unacknowledged message too, so
-# countdowns (backoff, Retry-After, rate-limit waits) are capped at half of it
-# (pipeline.tasks.max_countdown_s): a waiting retry is never delivered twice. A lower value
-# brings a dead worker's messages back sooner (the crash tests use 8 s).
-# A live worker looks for such messages every 10 s (kombu's default throttle would make it
-# every 100 s: a killed worker's messages would wait that much longer).
+# A dead worker's messages come back within seconds because their channel died (see the
+# transport). The visibility timeout is the last resort, for a message nobody owns: it must
+# exceed any call (timeout_s) and any wait. A retry waiting for its countdown is an
+# unacknowledged message too, so countdowns (backoff, Retry-After, rate-limit waits) are capped
+# at half of it (pipeline.tasks.max_countdown_s). A live worker looks for such messages every
+# 10 s (kombu's default throttle would make it every 100 s).
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600")),
     "unacked_restore_interval": 10,
@@ -52,6 +51,15 @@ result_backend_always_retry = True
 result_backend_max_retries = 30
 result_backend_max_sleep_between_retries_ms = 2000
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Publishing rides out a Redis restart the same way (about a minute): a retry Celery cannot
+# publish is rejected without requeue (lost); a chord callback or the next feed slice would be
+# too. pipeline.tasks puts a message whose follow-up still could not be published back.
+task_publish_retry_policy = {
+    "max_retries": 30,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
 result_expires = 24 * 3600
 
 task_queues = [Queue(name) for name in all_queues()]

@@ -7,7 +7,8 @@ target, met?) and writes the same rows, each bench's raw numbers and the machine
 to ``benchmarks/results.json`` (``results-quick.json`` with ``--quick``, a smoke test of every
 bench at small sizes in about two minutes).
 
-Usage: ``python benchmarks/run.py [inputs pipeline ratelimit scale native_batch] [--quick]``
+Usage: ``python benchmarks/run.py [inputs pipeline ratelimit scale native_batch guarantees]
+[--quick]``
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ratelimit": ([], ["--seconds", "12"]),
     "scale": ([], ["--lines", "50000", "--seconds", "10"]),
     "native_batch": ([], ["--items", "5000", "--batch-duration-s", "3"]),
+    "guarantees": ([], ["--items", "60", "--kill-items", "200", "--runs", "3"]),
 }
 #: A bench still running after this long is stopped and reported as failed.
 TIMEOUT_S = {False: 20 * 60, True: 5 * 60}

@@ -25,7 +25,14 @@ from mitrailleuse import keys
 from mitrailleuse.batch.state import BatchState
 from mitrailleuse.batch.state import all_states as all_batch_states
 from mitrailleuse.broker import resolve_redis_url
-from mitrailleuse.config import Environment, ProviderName, TaskConfig, load_config, parse_config
+from mitrailleuse.config import (
+    Environment,
+    ProviderName,
+    TaskConfig,
+    load_config,
+    parse_config,
+    without_effect,
+)
 from mitrailleuse.credentials import scrub_config
 from mitrailleuse.pipeline import submitter
 from mitrailleuse.pipeline.assembler import part_path, read_records
@@ -283,6 +290,9 @@ class Mitrailleuse:
         else:
             model = load_config(Path(config))
         scrub_config(model)
+        ignored = without_effect(model)
+        if ignored:
+            log.warning("config: these settings have no effect here: %s", "; ".join(ignored))
         items = [i if isinstance(i, dict) else Path(i) for i in inputs]
         return create_task_folder(self.tasks_dir, user_id, api, task_name, model, items)
 

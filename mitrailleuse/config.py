@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mitrailleuse.cost.pricing import ModelPrice
@@ -48,11 +56,50 @@ class SystemInstruction(Section):
     system_prompt: str = ""
 
 
+class ChatSettings(Section):
+    """A chat call's request settings, sent as they are given; the known ones are checked.
+
+    A value the provider would refuse (``"temperature": "hot"``) is refused at ``create``,
+    naming the field, instead of failing every item at the provider. Values are not converted
+    (``strict``), and settings not listed here pass through unchecked.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, strict=True)
+    #: Not warned about as unknown keys: every setting is sent.
+    passes_through: ClassVar[bool] = True
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stop: str | list[str] | None = Field(default=None, max_length=4)
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, int] | None = None
+    user: str | None = None
+    response_format: dict[str, Any] | None = None
+    #: Answers are read whole: a streamed one could not be.
+    stream: Literal[False] | None = None
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        given = self.model_fields_set | set(self.model_extra or {})
+        return {name: value for name, value in handler(self).items() if name in given}
+
+    def request_fields(self) -> dict[str, Any]:
+        """The settings as given, for the request body."""
+        return self.model_dump()
+
+
 class ApiInformation(Section):
-    """Model name and request settings passed through to the provider as they are."""
+    """Model name and request settings passed through to the provider."""
 
     model: str = "gpt-4o-mini"
-    setting: dict[str, Any] = Field(default_factory=dict)
+    setting: ChatSettings = Field(default_factory=ChatSettings)
 
 
 class RateLimit(Section):
@@ -141,11 +188,22 @@ class Logs(Section):
 
 
 class Proxies(Section):
-    """HTTP(S) proxies for provider calls."""
+    """HTTP(S) proxies for every provider call (the seed's corporate proxy block).
+
+    ``http`` serves ``http://`` endpoints and ``https`` serves ``https://`` ones; a proxy URL
+    may be a ``${VAR}`` reference, resolved where the workers run (so that a proxy's password
+    stays out of the task folder).
+    """
 
     proxies_enabled: bool = False
     http: str | None = None
     https: str | None = None
+
+    def urls(self) -> dict[str, str] | None:
+        """``{"http": url, "https": url}`` (each only when set), or None when disabled."""
+        if not self.proxies_enabled:
+            return None
+        return {scheme: url for scheme in ("http", "https") if (url := getattr(self, scheme))}
 
 
 class Postgres(Section):
@@ -279,7 +337,46 @@ def _error_line(error: ValidationError, source: str) -> str:
     return f"{source}: {field}: {first['msg']}{': got ' + shown if shown else ''}{more}"
 
 
+#: Seed settings accepted for compatibility that change nothing here, and why.
+WITHOUT_EFFECT = {
+    "general.verbose": "the CLI always shows progress",
+    "general.multiprocessing_enabled": "workers set their concurrency with worker -c",
+    "general.num_processes": "workers set their concurrency with worker -c",
+    "general.process_cap_percentage": "workers set their concurrency with worker -c",
+    "general.logs.log_to_db": "the run log is a file under logs/",
+    "general.logs.log_buffer_size": "each log line is written at once",
+    "general.db": "state lives in Redis and the task folder",
+    "general.similarity_check.settings.close_after_use": "nothing to close",
+    "*.bulk_save": "records are saved as each call ends",
+    "*.sleep_time": "the rate_limit block paces calls",
+}
+
+
+def without_effect(config: TaskConfig) -> list[str]:
+    """The settings of :data:`WITHOUT_EFFECT` a config gives (``name (why)``), in order."""
+    found = []
+    for path, why in WITHOUT_EFFECT.items():
+        head, _, rest = path.partition(".")
+        sections = [*type(config).model_fields, *(config.model_extra or {})]
+        if head != "*":
+            sections = [head]
+        for section in sections:
+            if _given(config, [section, *rest.split(".")]):
+                found.append(f"{section}.{rest} ({why})")
+    return found
+
+
+def _given(model: Any, path: list[str]) -> bool:
+    for name in path:
+        if not isinstance(model, BaseModel) or name not in model.model_fields_set:
+            return False
+        model = getattr(model, name)
+    return True
+
+
 def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    if getattr(model, "passes_through", False):
+        return []
     found = [f"{prefix}{key}" for key in (model.model_extra or {})]
     for name in type(model).model_fields:
         value = getattr(model, name)

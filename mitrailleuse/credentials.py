@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from mitrailleuse.config import ProviderName, TaskConfig
+from mitrailleuse.config import ProviderName, Proxies, TaskConfig
 from mitrailleuse.providers import available_providers, provider_class
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,23 @@ def resolve_api_key(
         if environ.get(variable):
             return environ[variable]
     return None
+
+
+def resolve_proxies(
+    proxies: Proxies, environ: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The proxy URLs calls go through, ``${VAR}`` references read from the environment."""
+    urls = proxies.urls()
+    if urls is None:
+        return None
+    environ = os.environ if environ is None else environ
+    resolved = {}
+    for scheme, url in urls.items():
+        reference = _REFERENCE.match(url)
+        value = environ.get(reference.group(1)) if reference else url
+        if value:
+            resolved[scheme] = value
+    return resolved or None
 
 
 def scrub_config(config: TaskConfig) -> dict[str, str]:

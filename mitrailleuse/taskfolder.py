@@ -16,14 +16,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
 
-from mitrailleuse.config import ProviderName, TaskConfig, load_config
-from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
+from mitrailleuse.config import Logs, ProviderName, TaskConfig, load_config
+from mitrailleuse.errors import InputError, MitrailleuseError, TaskNameError, TaskNotFound
 from mitrailleuse.inputs import check_has_items, sorted_input_files
 from mitrailleuse.providers import provider_class
 
@@ -174,16 +175,25 @@ class TaskFolder:
         """The run's log files."""
         return self.path / "logs"
 
+    @cached_property
+    def _logs(self) -> Logs:
+        try:
+            return self.config().general.logs
+        except MitrailleuseError:  # a log line must never fail the step it reports
+            return Logs()
+
     @property
     def log_path(self) -> Path:
-        """The task's run log: one line per submission, resume, cancel and end."""
-        return self.logs_dir / "run.log"
+        """The task's run log (``general.logs.log_file``): submissions, resumes, cancels, ends."""
+        return self.logs_dir / self._logs.log_file
 
     def log(self, message: str) -> None:
-        """Append a timestamped line to the run log.
+        """Append a timestamped line to the run log, unless ``general.logs.log_to_file`` is off.
 
         One ``O_APPEND`` write per line: lines from several processes never interleave.
         """
+        if not self._logs.log_to_file:
+            return
         self.logs_dir.mkdir(exist_ok=True)
         line = f"{now().isoformat(timespec='seconds')} {message}\n".encode()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

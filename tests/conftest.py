@@ -83,9 +83,9 @@ def fleet_env(redis_server: RedisServer, simulator: SimulatorProcess) -> dict[st
         # the simulator is not rate limited unless a test says so: the tests that are about
         # limits clear these (the worker then takes the task's rate_limit block)
         **{
-            f"MITRAILLEUSE_{provider}_{limit}": "1000000"
+            f"MITRAILLEUSE_{provider}_{limit}": "1000000000"
             for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
-            for limit in ("REQUESTS_PER_MINUTE", "MAX_IN_FLIGHT")
+            for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
         },
     }
     saved = {name: os.environ.get(name) for name in env}

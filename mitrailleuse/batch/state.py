@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
@@ -83,8 +83,8 @@ def all_states(folder: TaskFolder) -> list[BatchState]:
     ]
 
 
-def track(client: redis.Redis, folder: TaskFolder, number: int) -> None:
-    """Put a batch on the list beat polls."""
+def track(client: redis.Redis | Any, folder: TaskFolder, number: int) -> None:
+    """Put a batch on the list beat polls (``client`` may be a pipeline)."""
     client.sadd(keys.native_batches(), f"{folder.path}|{number}")
 
 

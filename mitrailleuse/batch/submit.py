@@ -19,6 +19,7 @@ import orjson
 import redis
 
 from mitrailleuse.batch import state as batches
+from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.taskfolder import TaskFolder
@@ -32,6 +33,8 @@ MAX_BYTES = 200 * 1024 * 1024
 ENDPOINT = "/v1/chat/completions"
 #: How many of the provider's batches are searched for one created before a crash.
 LOOKUP_LIMIT = 1000
+#: Where a feed goes on: the input cursor after a chunk, and the next chunk's number.
+Resume = tuple[Cursor, int]
 #: How long a live submitter may hold a batch's submission (an upload of 200 MB included).
 SUBMISSION_LEASE_S = 1800.0
 
@@ -48,9 +51,16 @@ class BatchWriter:
         self._parts: list[int] = []
         self._requests = 0
         self._bytes = 0
+        self._resume: Resume | None = None
 
-    def add(self, part: int, messages: list[dict[str, Any]]) -> int | None:
-        """Add a chunk's requests; returns the number of a batch it closed, if any."""
+    def add(self, part: int, messages: list[dict[str, Any]], resume: Resume) -> int | None:
+        """Add a chunk's requests; returns the number of a batch it closed, if any.
+
+        ``resume`` is where the feed goes on after this chunk: saved only once the chunk's
+        batch is closed and tracked (in the same transaction), so that a feeder killed with a
+        batch file half written feeds its chunks again, into a new batch, instead of losing
+        them.
+        """
         lines = [self._line(m) for m in messages]
         size = sum(len(line) for line in lines)
         closed = None
@@ -74,10 +84,22 @@ class BatchWriter:
         self._parts.append(part)
         self._requests += len(lines)
         self._bytes += size
+        self._resume = resume
         return closed
 
+    def skip(self, resume: Resume) -> None:
+        """A chunk with nothing to send: the feed goes on after it once the open batch closes."""
+        if self._open is None:
+            self.run.advance(*resume)
+        else:
+            self._resume = resume
+
     def close(self) -> int | None:
-        """Close the open batch file and record it as written; returns its number."""
+        """Close the open batch file and record it as written; returns its number.
+
+        Tracking the batch and saving the feed's position are one transaction: no chunk is
+        left out of every batch, nor put into two.
+        """
         if self._open is None:
             return None
         number, requests_file, items_file = self._open
@@ -87,8 +109,13 @@ class BatchWriter:
             run_id=self.run.run_id, number=number, items=self._requests, parts=self._parts
         )
         batches.save(self.folder, state)
-        batches.track(self.run.redis, self.folder, number)
+        pipe = self.run.redis.pipeline(transaction=True)
+        batches.track(pipe, self.folder, number)
+        if self._resume is not None:
+            self.run.advance(*self._resume, pipe=pipe)
+        pipe.execute()
         self._open, self._parts, self._requests, self._bytes = None, [], 0, 0
+        self._resume = None
         return number
 
     def _line(self, message: dict[str, Any]) -> bytes:

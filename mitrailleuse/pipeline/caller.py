@@ -27,7 +27,7 @@ import orjson
 from mitrailleuse.config import TaskConfig, parse_config
 from mitrailleuse.cost.budget import Reservation, RunBudget
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
-from mitrailleuse.credentials import resolve_api_key
+from mitrailleuse.credentials import resolve_api_key, resolve_proxies
 from mitrailleuse.pipeline import liveness
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
 from mitrailleuse.pipeline.feeder import group_calls
@@ -85,9 +85,11 @@ def context_for(run: RunState) -> RunContext:
     config = parse_config(orjson.loads(run.config_json()), f"run {run.run_id}")
     name = run.provider
     section = config.provider(name)
-    provider = provider_class(name)(section, resolve_api_key(name, section.api_key))
-    limits = Limits.resolve(name, section.rate_limit)
     general = config.general
+    provider = provider_class(name)(
+        section, resolve_api_key(name, section.api_key), resolve_proxies(general.proxies)
+    )
+    limits = Limits.resolve(name, section.rate_limit)
     context = RunContext(
         config,
         provider,

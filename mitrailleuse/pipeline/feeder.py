@@ -224,19 +224,24 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
             run.set(exhausted=1, parts_total=part)
             assembler.finish_if_complete(run)
             return False
+        resume = (taken[-1][1], part + 1)
         if writer is not None or not run.is_dispatched(part):
             items = [item for item, _ in taken]
             recorded = assembler.carry_over(folder, part, run)
             chunk = build_chunk(run, part, items, config, recorded)
             messages = [item for message in chunk.messages for item in message]
-            if writer is None or not messages:
-                dispatcher.send_chunk(run, Chunk(part) if writer is not None else chunk)
+            if writer is None:
+                dispatcher.send_chunk(run, chunk)
+            elif not messages:
+                dispatcher.send_chunk(run, Chunk(part))
+                writer.skip(resume)
             else:
-                _send_closed(run, dispatcher, writer.add(part, messages))
-            # marked after sending: a feeder killed in between sends the chunk again (its
-            # items are then called at most once each, as the workers skip recorded ones)
+                _send_closed(run, dispatcher, writer.add(part, messages, resume))
+            # marked after sending: a feeder killed in between sends the chunk again; its
+            # items are called once all the same (the workers' claims and records)
             run.mark_dispatched(part)
-        run.advance(taken[-1][1], part + 1)
+        if writer is None:
+            run.advance(*resume)
         part += 1
 
 

@@ -163,9 +163,9 @@ class RunState:
         raw = self.redis.hget(self.key, "cursor")
         return Cursor(**orjson.loads(raw)) if raw else Cursor()
 
-    def advance(self, cursor: Cursor, next_part: int) -> None:
-        """Save the feeder's position after a chunk was dispatched."""
-        self.redis.hset(
+    def advance(self, cursor: Cursor, next_part: int, pipe: Any = None) -> None:
+        """Save the feeder's position after a chunk was dispatched (in ``pipe``, if given)."""
+        (pipe or self.redis).hset(
             self.key,
             mapping={
                 "cursor": orjson.dumps(

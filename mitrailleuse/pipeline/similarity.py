@@ -36,13 +36,21 @@ def check_answers(
     settings: SimilaritySettings,
     answers: Sequence[tuple[str, str]],
 ) -> dict[str, Match]:
-    """Score ``(item id, text)`` answers against the recent ones, then add them to the recent.
+    """Score ``(item id, text)`` answers against the recent ones, adding them to the recent.
 
     Returns the matches at or above the threshold, by item id. Answers of one call are also
-    compared with each other, in order.
+    compared with each other, in order. Reading the recent answers and adding these is one
+    transaction: of two answers scored at the same moment anywhere in the fleet, the later one
+    always sees the earlier.
     """
     key = keys.recent_answers(run_id)
-    recent = [entry.decode().split("\0", 1) for entry in client.lrange(key, 0, -1)]
+    entries = [f"{item_id}\0{text[:COMPARED_CHARS]}" for item_id, text in answers]
+    pipe = client.pipeline(transaction=True)
+    pipe.lrange(key, 0, settings.max_recent_responses - 1)
+    pipe.lpush(key, *entries)
+    pipe.ltrim(key, 0, settings.max_recent_responses - 1)
+    before, *_ = pipe.execute()
+    recent = [entry.decode().split("\0", 1) for entry in before]
     ids = [item_id for item_id, _ in recent]
     texts = [text for _, text in recent]
     cutoff = settings.similarity_threshold * 100
@@ -56,8 +64,4 @@ def check_answers(
             matches[item_id] = Match(ids[best[2]], round(best[1] / 100, 4))
         ids.insert(0, item_id)
         texts.insert(0, text)
-    pipe = client.pipeline(transaction=False)
-    pipe.lpush(key, *(f"{item_id}\0{text[:COMPARED_CHARS]}" for item_id, text in answers))
-    pipe.ltrim(key, 0, settings.max_recent_responses - 1)
-    pipe.execute()
     return matches

@@ -66,6 +66,13 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     batch_size = section.batch.batch_size
     mode = _mode(provider, section.batch.is_batch_active)
     _check_priced(config, provider)
+    if mode == "batch" and config.general.cost_limit_usd is not None:
+        warning = (
+            "general.cost_limit_usd is not enforced for native batches: their cost is known "
+            "when they end (records carry it, at the batch price)"
+        )
+        log.warning(warning)
+        folder.log(warning)
     run = RunState(client, uuid.uuid4().hex)
     run.create(
         {

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from celery import Task, chord
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from mitrailleuse.batch.poll import cancel_all, poll_all
 from mitrailleuse.batch.submit import submit as batch_submit
@@ -27,6 +31,22 @@ def run_state(run_id: str) -> RunState:
     return RunState(redis_client(app.conf.broker_url), run_id)
 
 
+@contextmanager
+def kept_if_unpublished() -> Iterator[None]:
+    """A message whose follow-up cannot be published goes back to its queue, never away.
+
+    Celery rejects a task whose retry it could not publish (Redis gone for longer than
+    ``task_publish_retry_policy``) without requeueing it: its items would be lost and their
+    chunk never finished. Requeued, the message runs again (or comes back with its channel).
+    """
+    try:
+        yield
+    except Reject as rejected:
+        raise Reject(rejected.reason, requeue=True) from None
+    except OperationalError as error:
+        raise Reject(error, requeue=True) from None
+
+
 @app.task(name="mitrailleuse.call", bind=True, max_retries=None)
 def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int:
     """Call the provider for a message's items; retry later when the outcome asks for it."""
@@ -38,12 +58,13 @@ def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int
             else item
             for item in items
         ]
-        raise self.retry(
-            args=(run_id, part, items),
-            countdown=min(outcome.retry_in_s, max_countdown_s()),
-            argsrepr=self.request.argsrepr,  # monitoring keeps showing ids, never the requests
-            kwargsrepr=self.request.kwargsrepr,
-        )
+        with kept_if_unpublished():
+            raise self.retry(
+                args=(run_id, part, items),
+                countdown=min(outcome.retry_in_s, max_countdown_s()),
+                argsrepr=self.request.argsrepr,  # monitoring shows ids, never the requests
+                kwargsrepr=self.request.kwargsrepr,
+            )
     return outcome.stored
 
 
@@ -68,7 +89,8 @@ def feed(run_id: str, feeder_id: str) -> None:
     waits = {feeder.Slice.LOCKED: feeder.LOCKED_RETRY_S, feeder.Slice.WATCH: feeder.WATCH_S}
     if outcome is not feeder.Slice.DONE:
         countdown = waits.get(outcome)
-        feed.apply_async((run_id, feeder_id), queue=CONTROL_QUEUE, countdown=countdown)
+        with kept_if_unpublished():
+            feed.apply_async((run_id, feeder_id), queue=CONTROL_QUEUE, countdown=countdown)
 
 
 def start_feeding(run: RunState) -> None:

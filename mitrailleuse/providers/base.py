@@ -102,9 +102,13 @@ class Provider(ABC):
     #: Whether the provider has a native (discounted, asynchronous) batch API.
     supports_native_batch: ClassVar[bool] = False
 
-    def __init__(self, config: Any, api_key: str | None) -> None:
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.api_key = api_key
+        #: ``{"http": url, "https": url}`` from ``general.proxies``: every call goes through them.
+        self.proxies = proxies
 
     @property
     def model(self) -> str:

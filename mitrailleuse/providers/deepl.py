@@ -8,7 +8,7 @@ Endpoint: ``base_url`` from the config, else ``DEEPL_SERVER_URL``, else the SDK'
 (keys ending in ``:fx`` go to the free endpoint). Key: ``DEEPL_AUTH_KEY`` or ``DEEPL_API_KEY``.
 Options read: ``text`` and ``target_lang`` / ``source_lang`` (item fields, or literal language
 codes when the item has no such field), ``formality``, ``glossary_id``, ``context``,
-``preserve_formatting``, ``tag_handling``, ``timeout_s``.
+``preserve_formatting``, ``tag_handling``, ``timeout_s``, ``general.proxies``.
 
 Items of one call share their target and source language; each text's translation goes back to
 its own item. The SDK's own retries are off: the pipeline owns retries.
@@ -71,11 +71,18 @@ class DeepLProvider(Provider):
     # Room is kept for the JSON around the texts and the other parameters.
     max_bytes_per_call = MAX_REQUEST_BYTES - 4 * 1024
 
-    def __init__(self, config: Any, api_key: str | None) -> None:
-        super().__init__(config, api_key)
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
         server_url = config.base_url or os.environ.get("DEEPL_SERVER_URL") or None
         self.translator = (
-            deepl.Translator(api_key, server_url=server_url, send_platform_info=False)
+            deepl.Translator(
+                api_key,
+                server_url=server_url,
+                send_platform_info=False,
+                proxy=dict(proxies) if proxies else None,
+            )
             if api_key
             else None
         )

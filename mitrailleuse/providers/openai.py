@@ -7,7 +7,7 @@ Features:
 Endpoint: ``base_url`` from the config, else ``OPENAI_BASE_URL``, else the SDK's default.
 Key: ``OPENAI_API_KEY`` (or a ``${VAR}`` reference in ``api_key``).
 Options read: ``prompt``, ``system_instruction``, ``api_information.model`` and every key of
-``api_information.setting`` (sent as they are), ``timeout_s``.
+``api_information.setting`` (sent as they are), ``timeout_s``, ``general.proxies``.
 
 The SDK's own retries are off (``max_retries=0``): the pipeline owns retries and rate limits.
 Responses are read raw (headers kept for the rate limiter) and parsed with orjson.
@@ -16,6 +16,7 @@ Responses are read raw (headers kept for the rate limiter) and parsed with orjso
 from __future__ import annotations
 
 import email.utils
+import importlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,18 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def _proxied_client(proxies: Mapping[str, str]) -> Any:
+    """The SDK's own HTTP client, sending each scheme through its proxy.
+
+    The transports must come from the HTTP library the SDK is built on: ``httpx``, or its
+    ``httpx2`` fork from openai 3 on.
+    """
+    client_class = openai.DefaultHttpxClient
+    http = importlib.import_module(client_class.__mro__[1].__module__.partition(".")[0])
+    mounts = {f"{scheme}://": http.HTTPTransport(proxy=url) for scheme, url in proxies.items()}
+    return client_class(mounts=mounts)
+
+
 def _text(value: Any, what: str) -> str:
     if isinstance(value, str):
         return value
@@ -80,13 +93,17 @@ class OpenAIProvider(Provider):
     base_url_variable: ClassVar[str] = "OPENAI_BASE_URL"
     default_base_url: ClassVar[str | None] = None
 
-    def __init__(self, config: Any, api_key: str | None) -> None:
-        super().__init__(config, api_key)
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
+        self.settings = config.api_information.setting.request_fields()
         self.client = openai.OpenAI(
             api_key=api_key or "missing",
             base_url=self.base_url(config),
             max_retries=0,
             timeout=config.timeout_s,
+            http_client=_proxied_client(proxies) if proxies else None,
         )
 
     @classmethod
@@ -122,7 +139,7 @@ class OpenAIProvider(Provider):
     def cost_units(self, payloads: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """Prompt tokens (characters / 4, plus 4 per message) and ``max_tokens`` per call."""
         setting = self.config.api_information.setting
-        completion = setting.get("max_completion_tokens") or setting.get("max_tokens") or 256
+        completion = setting.max_completion_tokens or setting.max_tokens or 256
         prompt = 0
         for payload in payloads:
             for message in payload["messages"]:
@@ -133,7 +150,7 @@ class OpenAIProvider(Provider):
 
     def deterministic(self) -> bool:
         """At temperature 0 the same request gets the same answer (as near as models allow)."""
-        return self.config.api_information.setting.get("temperature") == 0
+        return self.config.api_information.setting.temperature == 0
 
     def request_identity(self, payload: Mapping[str, Any]) -> Any:
         """The whole body: model, every setting, the messages."""
@@ -143,7 +160,7 @@ class OpenAIProvider(Provider):
         """The full JSON body for a payload, as the live call and a batch line send it."""
         return {
             "model": self.model,
-            **self.config.api_information.setting,
+            **self.settings,
             "messages": payload["messages"],
         }
 

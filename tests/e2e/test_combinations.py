@@ -28,7 +28,8 @@ pytestmark = pytest.mark.e2e
 #: What the tests' fleet environment sets to keep the simulator unlimited, cleared: the task's
 #: ``rate_limit`` block (or its defaults) rules, as it does for a user.
 TASK_LIMITS = {
-    f"MITRAILLEUSE_OPENAI_{limit}": "" for limit in ("REQUESTS_PER_MINUTE", "MAX_IN_FLIGHT")
+    f"MITRAILLEUSE_OPENAI_{limit}": ""
+    for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
 }
 #: The stall of a run that leaves claims behind is the claim's expiry (``timeout_s`` + 30 s,
 #: 150 s at the defaults): a run that needs this long is stuck.

@@ -12,6 +12,7 @@ import redis
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.batch.poll import poll_all
 from mitrailleuse.batch.state import all_states
+from mitrailleuse.batch.submit import BatchWriter
 from mitrailleuse.pipeline.feeder import Slice, feed_slice
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.tasks import run_state, submit_native_batch
@@ -209,3 +210,40 @@ def test_back_to_back_batch_runs_create_each_batch_once(sim, batch_task):
         assert m.submit(fresh).wait(timeout=60).state == "completed"
         stats = sim.stats()
         assert (stats["files_uploaded"], stats["batches_created"]) == (2, 2), stats
+
+
+class FeederKilled(Exception):
+    """Stands for the SIGKILL of the control worker in the middle of writing a batch file."""
+
+
+def test_a_feeder_killed_with_a_batch_file_half_written_loses_no_item(
+    tmp_path, tasks_dir, sim, start_worker, start_beat, monkeypatch
+):
+    """Chunks written into a batch file not yet closed are fed again by the next feeder."""
+    rows = [{"input_text": f"half {n}"} for n in range(95)]
+    m = Mitrailleuse()
+    config = batch_config(batch_size=10, combine_batches=True)
+    task = m.create_task("nb", "openai", "half", config, [write_jsonl(tmp_path / "h.jsonl", rows)])
+    run = m.submit(task)  # its feed message waits: no control worker runs yet
+    state = run_state(run.run_id)
+    add = BatchWriter.add
+    calls = []
+
+    def dies_at_the_sixth_chunk(self, part, messages, resume):
+        calls.append(part)
+        if len(calls) == 6:
+            raise FeederKilled
+        return add(self, part, messages, resume)
+
+    monkeypatch.setattr(BatchWriter, "add", dies_at_the_sixth_chunk)
+    with pytest.raises(FeederKilled):
+        feed_slice(state, RecordingDispatcher(), state.get("feeder"))
+    monkeypatch.setattr(BatchWriter, "add", add)
+    assert all_states(task) == [], "a batch was recorded before its file was closed"
+
+    start_worker(queues=["mitrailleuse"])  # runs the waiting feed message: the next feeder
+    start_beat()
+    progress = run.wait(timeout=60)
+    assert progress.state == "completed" and progress.succeeded == 95, progress
+    assert [r["output"] for r in results(task)] == [expected(row) for row in rows]
+    assert sim.stats()["batches_created"] == 1

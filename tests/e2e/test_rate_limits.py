@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 NO_OVERRIDES = {
     f"MITRAILLEUSE_{provider}_{limit}": ""
     for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
-    for limit in ("REQUESTS_PER_MINUTE", "MAX_IN_FLIGHT")
+    for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
+import string
 
 import pytest
 import redis
@@ -99,6 +101,45 @@ def test_similar_answers_are_asked_again_when_configured(tmp_path, tasks_dir, si
     assert sim.stats()["chat_requests"] == 4, "the near-copy is asked once more, then kept"
     near = results(task)[2]
     assert near["attempts"] == 2 and near["similar_to"] == "t.jsonl:1"
+
+
+def test_near_copies_answered_at_the_same_moment_are_flagged(
+    tmp_path, tasks_dir, sim, start_worker
+):
+    """64 pairs of adjacent near-copies (ratio 0.986), one call per message, two workers.
+
+    The two answers of a pair are scored at about the same moment on two threads: one of them
+    must see the other, whichever is first.
+    """
+    sim.configure(latency_ms=50)
+    start_worker(concurrency=16)
+    start_worker(concurrency=16)
+    rng = random.Random(14)
+    rows = []
+    for _ in range(64):
+        text = "".join(rng.choice(string.ascii_lowercase) for _ in range(70))
+        rows += [{"input_text": text}, {"input_text": text[:35] + "#" + text[36:]}]
+    # every answer is compared with every earlier one (the window holds them all): a miss can
+    # only be two answers that did not see each other
+    window = {"similarity_threshold": 0.9, "max_recent_responses": 200}
+    config = {
+        **SIMILAR,
+        "general": {
+            "calls_per_message": 1,
+            "similarity_check": {"enabled": True, "settings": window},
+        },
+    }
+    m, task = new_task(tmp_path, rows, config)
+    assert m.submit(task).wait(timeout=60).succeeded == 128
+    records = results(task)
+    flagged = {r["id"]: r["similar_to"] for r in records if "similar_to" in r}
+    missed = []
+    for first, second in zip(records[::2], records[1::2], strict=True):
+        pair = {first["id"], second["id"]}
+        if flagged.get(first["id"]) not in pair and flagged.get(second["id"]) not in pair:
+            missed.append(first["id"])
+    assert missed == [], f"{len(missed)} of 64 pairs not flagged"
+    assert len(flagged) == 64, "a pair flagged twice, or an answer flagged against a stranger"
 
 
 PRICED = {

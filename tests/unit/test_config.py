@@ -20,7 +20,10 @@ def seed() -> dict:
 def test_the_seed_template_loads_unchanged():
     config = load_config(SEED)
     assert config.openai.batch.batch_size == 20
-    assert config.openai.api_information.setting == {"temperature": 1.0, "max_tokens": 16000}
+    assert config.openai.api_information.setting.request_fields() == {
+        "temperature": 1.0,
+        "max_tokens": 16000,
+    }
     assert config.deepl.target_lang == "target_lang"
     assert config.general.similarity_check.settings.similarity_threshold == 0.8
     assert config.general.db.postgres.port == 5432
