@@ -32,6 +32,11 @@ def parts_dispatched(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:dispatched"
 
 
+def part_starts(run_id: str) -> str:
+    """Hash: chunk number -> the input cursor its items begin at (to send it again)."""
+    return f"{PREFIX}:run:{run_id}:part-starts"
+
+
 def parts_done(run_id: str) -> str:
     """Bitmap: bit k set once chunk k's records are on disk."""
     return f"{PREFIX}:run:{run_id}:done"

@@ -6,7 +6,8 @@ chunk to ``send_chunk`` (which makes it a chord), while fewer than ``window_part
 flight. After ``slice_s`` it returns, and the task schedules the next slice: no worker slot is
 held for the length of a run, and no process holds more than one chunk of the inputs. Once every
 chunk is sent, the chain goes on every few seconds as a watch: a chunk whose records are all in
-but whose chord callback was lost (Redis restarted at the wrong moment) is written by it.
+but whose chord callback was lost (Redis restarted at the wrong moment) is written by it, and a
+chunk none of whose messages is left in the broker is sent again (:func:`resend_lost`).
 
 Chunk ``k`` always holds the run's items ``k * batch_size`` to ``(k + 1) * batch_size - 1``, so
 a resumed run finds its chunks' earlier records in ``outputs/parts/`` and sends only the items
@@ -32,7 +33,9 @@ from mitrailleuse.config import TaskConfig
 from mitrailleuse.inputs import Item, iter_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.cache import cache_enabled, load_file_cache
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.pipeline.transport import chunks_in_broker
 from mitrailleuse.providers import InvalidItem, Provider, provider_class
 from mitrailleuse.records import ItemRef, invalid_input
 from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder
@@ -165,9 +168,9 @@ def feed_slice(
         return Slice.LOCKED
     try:
         if run.get("exhausted") == "1":
-            return _watch(run)
+            return _watch(run, dispatcher)
         more = _feed(run, dispatcher, lock, time.monotonic() + slice_s)
-        return Slice.MORE if more else _watch(run)
+        return Slice.MORE if more else _watch(run, dispatcher)
     finally:
         try:
             lock.release()
@@ -175,16 +178,56 @@ def feed_slice(
             log.warning("run %s: the feed lock expired while feeding", run.run_id)
 
 
-def _watch(run: RunState) -> Slice:
-    """After the last chunk: rescue chunks whose callback was lost, until the run ends.
+def _watch(run: RunState, dispatcher: Dispatcher) -> Slice:
+    """After the last chunk: rescue chunks whose callback or messages were lost, until the end.
 
-    Native batch runs are not watched: their chunks are written when their batch is collected.
+    A cancelled run is watched too: its chunks must still be written for it to end. Native
+    batch runs are not watched: their chunks are written when their batch is collected.
     """
     info = run.info()
-    if info.get("state") in FINAL_STATES or info.get("mode") == "batch" or info.get("cancelled"):
+    if info.get("state") in FINAL_STATES or info.get("mode") == "batch":
         return Slice.DONE
     assembler.rescue_parts(run)
-    return Slice.DONE if run.get("state") in FINAL_STATES else Slice.WATCH
+    if run.get("state") in FINAL_STATES:
+        return Slice.DONE
+    resend_lost(run, dispatcher, info)
+    return Slice.WATCH
+
+
+def resend_lost(run: RunState, dispatcher: Dispatcher, info: dict[str, str]) -> list[int]:
+    """Send again the chunks that have no message left in the broker; returns them.
+
+    A message can vanish when Redis is killed as it hands it to a worker (kombu's ``BRPOP``
+    took it off its queue; the reply never arrived): its chunk's chord would never end. Looked
+    for only once the run stopped making progress, and a chunk is sent again only when two
+    looks in a row found no message of it, so a message passing between two lists is not
+    taken for lost. Sending a chunk again is harmless: its items' records and claims keep
+    every item to one call.
+    """
+    done = info.get("done") or "0"
+    if info.get("watched_done") != done:
+        run.set(watched_done=done, suspects="")
+        return []
+    unfinished = run.parts_unfinished()
+    if not unfinished:
+        return []
+    present = chunks_in_broker(run.redis, run.run_id, (run.provider, CONTROL_QUEUE))
+    missing = [part for part in unfinished if part not in present]
+    suspects = {int(part) for part in (info.get("suspects") or "").split()}
+    lost = [part for part in missing if part in suspects]
+    run.set(suspects=" ".join(str(part) for part in missing if part not in suspects))
+    if lost:
+        folder = TaskFolder(Path(info["task_path"]))
+        config = folder.config()
+        limit = int(info["limit"]) if info.get("limit") else None
+        for part in lost:
+            start = run.part_start(part)
+            taken = islice(iter_items(folder.input_files(), start, limit), int(info["batch_size"]))
+            items = [item for item, _ in taken]
+            recorded = assembler.carry_over(folder, part, run)
+            dispatcher.send_chunk(run, build_chunk(run, part, items, config, recorded))
+            folder.log(f"run {run.run_id}: chunk {part} sent again, its messages were lost")
+    return lost
 
 
 def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> bool:
@@ -200,7 +243,8 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
         run.set(state="running")
         folder.update_status(state="running")
     writer = _batch_writer(run, folder, config, info)
-    stream = iter_items(folder.input_files(), run.cursor(), limit)
+    start = run.cursor()
+    stream = iter_items(folder.input_files(), start, limit)
     part = run.next_part()
     while True:
         if run.cancelled:
@@ -239,9 +283,10 @@ def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> 
                 _send_closed(run, dispatcher, writer.add(part, messages, resume))
             # marked after sending: a feeder killed in between sends the chunk again; its
             # items are called once all the same (the workers' claims and records)
-            run.mark_dispatched(part)
+            run.mark_dispatched(part, start)
         if writer is None:
             run.advance(*resume)
+        start = resume[0]
         part += 1
 
 

@@ -166,18 +166,7 @@ class RunState:
     def advance(self, cursor: Cursor, next_part: int, pipe: Any = None) -> None:
         """Save the feeder's position after a chunk was dispatched (in ``pipe``, if given)."""
         (pipe or self.redis).hset(
-            self.key,
-            mapping={
-                "cursor": orjson.dumps(
-                    {
-                        "file_index": cursor.file_index,
-                        "offset": cursor.offset,
-                        "number": cursor.number,
-                        "ordinal": cursor.ordinal,
-                    }
-                ),
-                "next_part": next_part,
-            },
+            self.key, mapping={"cursor": _cursor_json(cursor), "next_part": next_part}
         )
 
     def next_batch_number(self) -> int:
@@ -202,9 +191,17 @@ class RunState:
         """Whether ``token`` names the run's current feed chain."""
         return self.get("feeder") == token
 
-    def mark_dispatched(self, part: int) -> None:
-        """Chunk ``part`` has been sent."""
-        self.redis.setbit(keys.parts_dispatched(self.run_id), part, 1)
+    def mark_dispatched(self, part: int, start: Cursor) -> None:
+        """Chunk ``part`` has been sent; its items begin at ``start`` (to send it again)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.setbit(keys.parts_dispatched(self.run_id), part, 1)
+        pipe.hset(keys.part_starts(self.run_id), part, _cursor_json(start))
+        pipe.execute()
+
+    def part_start(self, part: int) -> Cursor:
+        """Where chunk ``part``'s items begin in the inputs."""
+        raw = self.redis.hget(keys.part_starts(self.run_id), part)
+        return Cursor(**orjson.loads(raw)) if raw else Cursor()
 
     def is_dispatched(self, part: int) -> bool:
         """Whether chunk ``part`` was sent (by a feeder that died before saving its cursor)."""
@@ -385,3 +382,14 @@ class RunState:
         for key in self.redis.scan_iter(match=keys.run_keys_pattern(self.run_id), count=1000):
             pipe.expire(key, keys.FINISHED_RUN_TTL_S)
         pipe.execute()
+
+
+def _cursor_json(cursor: Cursor) -> bytes:
+    return orjson.dumps(
+        {
+            "file_index": cursor.file_index,
+            "offset": cursor.offset,
+            "number": cursor.number,
+            "ordinal": cursor.ordinal,
+        }
+    )

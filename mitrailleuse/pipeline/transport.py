@@ -25,6 +25,7 @@ part (:class:`DeliveryKeeper`) is a consumer bootstep added by :mod:`mitrailleus
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import time
@@ -32,6 +33,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
+import orjson
 import redis
 from celery import bootsteps
 from kombu.transport import redis as kombu_redis
@@ -82,6 +84,38 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+#: The tasks whose messages name a chunk (``args`` begin ``run_id, part``).
+CHUNK_TASKS = frozenset({"mitrailleuse.call", "mitrailleuse.assemble_part"})
+
+
+def chunks_in_broker(client: redis.Redis, run_id: str, queues: tuple[str, ...]) -> set[int]:
+    """The chunks of ``run_id`` that have a message in the broker.
+
+    A message is waiting in one of ``queues``, or delivered and unacknowledged (running,
+    reserved, or waiting for a retry's countdown). A chunk with none will never be finished by
+    its chord; the feeder's watch sends it again (``feeder.resend_lost``).
+    """
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.lrange(queue, 0, -1)
+    pipe.hvals(Channel.unacked_key)
+    *waiting, unacked = pipe.execute()
+    needle = run_id.encode()
+    payloads = [raw for batch in waiting for raw in batch if needle in raw]
+    payloads += [raw for raw in unacked if needle in raw]
+    parts = set()
+    for raw in payloads:
+        payload = orjson.loads(raw)
+        if isinstance(payload, list):  # an unacknowledged one: [payload, exchange, routing key]
+            payload = payload[0]
+        if payload.get("headers", {}).get("task") not in CHUNK_TASKS:
+            continue
+        args = orjson.loads(base64.b64decode(payload["body"]))[0]
+        if args[0] == run_id:
+            parts.add(int(args[1]))
+    return parts
 
 
 def restore_orphans(channel: Channel, heartbeat: liveness.Heartbeat) -> int:

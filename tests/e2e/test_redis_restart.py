@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from mitrailleuse.broker import EmbeddedRedis
 from mitrailleuse.pipeline.assembler import read_records
@@ -74,3 +75,27 @@ def test_embedded_redis_killed_under_run(tmp_path, sim):
     assert [r["index"] for r in records] == list(range(1, 301)), "an item is missing or doubled"
     assert sent_twice(sim) == {}, "an item was sent again: no worker died"
     assert not embedded.is_running(), "run left its embedded Redis running"
+
+
+def test_a_message_lost_as_redis_died_handing_it_over_is_sent_again(
+    tmp_path, tasks_dir, sim, start_worker, redis_server
+):
+    """Redis killed between a worker's BRPOP taking a message and its reply: the message is
+    gone from every list. The feed watch finds its chunk with no message and sends it again.
+    """
+    client = redis.Redis.from_url(redis_server.url)
+    start_worker(queues=["mitrailleuse"])
+    m, task = new_task(tmp_path, questions(40), {"openai": {"batch": {"batch_size": 20}}})
+    run = m.submit(task)
+    deadline = time.monotonic() + 30
+    while client.llen("openai") < 6:  # both chunks wait: nobody serves the openai queue yet
+        assert time.monotonic() < deadline, "the chunks were not sent"
+        time.sleep(0.02)
+    assert client.rpop("openai") is not None  # what BRPOP takes, and nobody ever receives
+
+    start_worker(queues=["openai"])
+    progress = run.wait(timeout=120)
+    assert progress.state == "completed" and progress.succeeded == 40, progress
+    assert [r["index"] for r in results(task)] == list(range(1, 41))
+    assert sent_twice(sim) == {}
+    assert "sent again, its messages were lost" in task.log_path.read_text()
