@@ -39,6 +39,15 @@ THREADS = 32
 PRICES = {"openai": {"gpt-4o-mini": {"input_per_mtok": 400, "output_per_mtok": 400}}}
 
 
+#: Temperature 0 (``cache: auto`` caches it) under a tight limit; all else at its default.
+CACHED_AT_600_RPM = {
+    "openai": {
+        "api_information": {"setting": {"temperature": 0}},
+        "rate_limit": {"requests_per_minute": 600},
+    }
+}
+
+
 def claims_left(client: redis.Redis) -> list[bytes]:
     return list(client.scan_iter(match="mtr:*claim*", count=1000))
 
@@ -48,13 +57,7 @@ def test_a_cached_run_under_a_tight_rate_limit_finishes(
 ):
     """200 items at temperature 0 under 600 rpm, everything else at its default: 10 calls/s."""
     start_worker(concurrency=64, env=TASK_LIMITS)
-    config = {
-        "openai": {
-            "api_information": {"setting": {"temperature": 0}},
-            "rate_limit": {"requests_per_minute": 600},
-        }
-    }
-    m, task = new_task(tmp_path, questions(200, prefix=uuid.uuid4().hex), config)
+    m, task = new_task(tmp_path, questions(200, prefix=uuid.uuid4().hex), CACHED_AT_600_RPM)
     started = time.monotonic()
     progress = m.submit(task).wait(timeout=STALL_S)
     print(f"200 items at 600 rpm in {time.monotonic() - started:.1f}s")
@@ -68,21 +71,15 @@ def test_claims_of_a_cancelled_cached_run_do_not_stall_the_next_run(
 ):
     """A run stopped while the limiter holds its calls back leaves nothing held behind."""
     start_worker(concurrency=64, env=TASK_LIMITS)
-    config = {
-        "openai": {
-            "api_information": {"setting": {"temperature": 0}},
-            "rate_limit": {"requests_per_minute": 600},
-        }
-    }
     rows = questions(60, prefix=uuid.uuid4().hex)
-    m, first = new_task(tmp_path, rows, config, name="first")
+    m, first = new_task(tmp_path, rows, CACHED_AT_600_RPM, name="first")
     run = m.submit(first)
     wait_done(run, 10)
     run.cancel()
     assert run.wait(timeout=60).state == "cancelled"
     assert claims_left(redis.Redis.from_url(redis_server.url)) == []
 
-    _, again = new_task(tmp_path, rows, config, name="again")
+    _, again = new_task(tmp_path, rows, CACHED_AT_600_RPM, name="again")
     progress = m.submit(again).wait(timeout=STALL_S)
     assert progress.state == "completed" and progress.succeeded == 60, progress
     assert progress.cached >= 10, "the first run's answers were not used"
