@@ -100,7 +100,6 @@ def context_for(run: RunState) -> RunContext:
         if cache_enabled(general.cache, provider)
         else None,
     )
-    liveness.heartbeat(run.redis)  # claims are held in this process's name
     with _contexts_lock:
         _contexts[run.run_id] = context
         while len(_contexts) > MAX_CACHED_RUNS:

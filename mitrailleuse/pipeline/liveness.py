@@ -1,12 +1,12 @@
 """Who in the fleet is alive: heartbeat keys with a short TTL, and leases a dead holder frees.
 
-A claim on an item, an exclusive step (a native batch's submission) and a worker's
-unacknowledged messages each have a holder that may die without a word: SIGKILL, the OOM
-killer, a lost machine. A holder is an *owner* id whose key ``mtr:alive:<owner>`` a daemon
-thread of its process (:class:`Heartbeat`) refreshes every :data:`HEARTBEAT_S`; the key expires
-:data:`ALIVE_TTL_S` after the process stops. What an owner holds is free as soon as its key is
-gone (``held.lua``), long before the holding's own expiry (``timeout_s`` plus a margin for a
-claim, the visibility timeout for a message).
+A claim on an item, a cost-limit reservation, an exclusive step (a native batch's
+submission) and a worker's unacknowledged messages each have a holder that may die without a
+word: SIGKILL, the OOM killer, a lost machine. A holder is an *owner* id whose key
+``mtr:alive:<owner>`` a daemon thread of its process (:class:`Heartbeat`) refreshes every
+:data:`HEARTBEAT_S`; the key expires :data:`ALIVE_TTL_S` after the process stops. What an owner
+holds is free as soon as its key is gone (``held.lua``), long before the holding's own expiry
+(``timeout_s`` plus a margin for a claim, the visibility timeout for a message).
 
 Every process that takes a claim or a lease starts its heartbeat first (:func:`heartbeat`); a
 worker also keeps its consuming broker channel alive (:mod:`mitrailleuse.pipeline.transport`).
@@ -52,7 +52,6 @@ class Heartbeat:
         self._hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._connected_since: float | None = None
-        self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="mitrailleuse-heartbeat", daemon=True
         )
@@ -62,14 +61,6 @@ class Heartbeat:
         self._beat()
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        """Stop beating and drop the alive keys: what this process held is free at once."""
-        self._stopped.set()
-        with self._lock:
-            owners = list(self._owners)
-        with contextlib.suppress(redis.RedisError):  # else they expire on their own
-            self.redis.delete(*(keys.alive(owner) for owner in owners))
 
     def keep_alive(self, owner: str) -> None:
         """Keep ``owner`` alive too, from now on."""
@@ -116,7 +107,8 @@ class Heartbeat:
         return True
 
     def _run(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_S):
+        while True:
+            time.sleep(HEARTBEAT_S)
             if not self._beat():
                 continue
             with self._lock:
