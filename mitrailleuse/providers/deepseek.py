@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from mitrailleuse.providers.openai import OpenAIProvider
@@ -34,8 +35,10 @@ class DeepSeekProvider(OpenAIProvider):
     base_url_variable = "DEEPSEEK_BASE_URL"
     default_base_url = "https://api.deepseek.com"
 
-    def __init__(self, config: Any, api_key: str | None) -> None:
-        super().__init__(config, api_key)
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
         configured = config.api_information.model
         if self.model != configured:
             log.warning(
