@@ -7,6 +7,7 @@ connection it dropped: ``pipeline.transport`` is what keeps it alive.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -30,8 +31,10 @@ def wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def unacked(redis_server) -> int:
-    return redis.Redis.from_url(redis_server.url).hlen("unacked")
+def held(redis_server) -> int:
+    """The test's feed messages a worker holds unacknowledged (earlier tests' are not counted)."""
+    deliveries = redis.Redis.from_url(redis_server.url).hvals("unacked")
+    return sum("no-such-run-" in json.loads(d)[0]["headers"]["argsrepr"] for d in deliveries)
 
 
 def test_worker_survives_redis_restarts_and_goes_on_working(
@@ -40,7 +43,7 @@ def test_worker_survives_redis_restarts_and_goes_on_working(
     worker = start_worker(concurrency=4)
     for n in range(4):  # held by the worker, unacknowledged, until their countdown
         feed.apply_async((f"no-such-run-{n}", "x"), queue=CONTROL_QUEUE, countdown=3600)
-    wait_for(lambda: unacked(redis_server) == 4, "the worker holding the 4 messages")
+    wait_for(lambda: held(redis_server) == 4, "the worker holding the 4 messages")
     for n in range(RESTARTS):
         redis_server.stop(signal.SIGKILL)
         redis_server.start()
