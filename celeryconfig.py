@@ -34,7 +34,7 @@ worker_prefetch_multiplier = 1
 # transport). The visibility timeout is the last resort, for a message nobody owns: it must
 # exceed any call (timeout_s) and any wait. A retry waiting for its countdown is an
 # unacknowledged message too, so countdowns (backoff, Retry-After, rate-limit waits) are capped
-# at half of it (pipeline.tasks.max_countdown_s). A live worker looks for such messages every
+# at half of it (pipeline.retries.countdown_s). A live worker looks for such messages every
 # 10 s (kombu's default throttle would make it every 100 s).
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600")),

@@ -35,10 +35,11 @@ from mitrailleuse.config import (
 )
 from mitrailleuse.credentials import scrub_config
 from mitrailleuse.pipeline import submitter
-from mitrailleuse.pipeline.assembler import part_path, read_records
+from mitrailleuse.pipeline.chunks import part_files, part_path
 from mitrailleuse.pipeline.run_state import RunState, redis_client
 from mitrailleuse.providers import provider_class
 from mitrailleuse.ratelimit import Limits, Rates, RedisLimiter
+from mitrailleuse.records import read_records
 from mitrailleuse.taskfolder import (
     FINAL_STATES,
     Status,
@@ -226,8 +227,8 @@ class _Listener:
                 progress = self.run_handle.progress()
                 if event == "progress" or (not message and not progress.finished):
                     self._safely(self.on_progress, progress)
-                if event.startswith("part:") and self.on_item:
-                    self._deliver_part(int(event[5:]), delivered)
+                if event.startswith(keys.CHUNK_WRITTEN) and self.on_item:
+                    self._deliver_chunk(int(event.removeprefix(keys.CHUNK_WRITTEN)), delivered)
                 if progress.finished:
                     self._deliver_rest(delivered)
                     self._safely(self.on_progress, progress)
@@ -236,24 +237,24 @@ class _Listener:
         finally:
             pubsub.close()
 
-    def _deliver_part(self, part: int, delivered: set[int]) -> None:
-        if part in delivered:
+    def _deliver_chunk(self, number: int, delivered: set[int]) -> None:
+        if number in delivered:
             return
-        delivered.add(part)
-        path = part_path(self.run_handle.folder, part)
+        delivered.add(number)
+        path = part_path(self.run_handle.folder, number)
         if path.exists():
             for record in read_records(path):
                 self._safely(self.on_item, record)
 
     def _deliver_rest(self, delivered: set[int]) -> None:
-        if self.on_item is None or not self.run_handle.folder.parts_dir.exists():
+        if self.on_item is None:
             return
-        for path in sorted(self.run_handle.folder.parts_dir.glob("part-*.jsonl")):
-            self._deliver_part(int(path.stem.split("-")[1]), delivered)
+        for number, _ in part_files(self.run_handle.folder):
+            self._deliver_chunk(number, delivered)
 
 
 class Mitrailleuse:
-    """Entry point of the Python API (see DESIGN.md, Python API)."""
+    """Entry point of the Python API (README, "From Python")."""
 
     def __init__(self, redis_url: str | None = None, tasks_dir: str | Path | None = None) -> None:
         env = Environment()

@@ -287,39 +287,13 @@ class EmbeddedRedis:
 
     def _start(self, deadline: float) -> str:
         """Start a server on ``home`` (replaying its AOF) and return its URL once it answers."""
-        binary = redis_server_binary()
         previous = self._conf_settings()
         password = previous.get("requirepass") or secrets.token_hex(24)
-        ports: list[int] = []
-        # Reuse the previous port if free: workers still holding the old URL reconnect.
-        previous_port = previous.get("port", "")
-        if previous_port.isdigit() and _port_is_free(int(previous_port)):
-            ports.append(int(previous_port))
-        while len(ports) < PORT_ATTEMPTS:
-            ports.append(_free_port())
-
         last_error = ""
-        for port in ports:
+        for port in _candidate_ports(previous.get("port", "")):
             self._write_conf(port, password)
             log_offset = self._log_size()
-            try:
-                done = subprocess.run(
-                    [binary, str(self.conf_file)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.home,
-                    start_new_session=True,
-                    timeout=max(1.0, deadline - time.monotonic()),
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as error:
-                raise BrokerError(f"cannot run {binary}: {error}") from None
-            if done.returncode != 0:
-                output = done.stdout.decode(errors="replace").strip().splitlines()
-                detail = " / ".join(line.strip() for line in output[-3:] if line.strip())
-                raise BrokerError(f"redis-server refused to start ({binary}): {detail}")
-
+            self._launch(deadline)
             url = f"redis://:{password}@{HOST}:{port}/0"
             outcome = self._wait_started(url, log_offset, deadline)
             if outcome == "ok":
@@ -332,6 +306,27 @@ class EmbeddedRedis:
             f"the embedded redis-server did not start ({last_error}); "
             f"{self.log_file} ends with: {self._log_tail()}"
         )
+
+    def _launch(self, deadline: float) -> None:
+        """Run redis-server on the written config; it daemonizes once its config is read."""
+        binary = redis_server_binary()
+        try:
+            done = subprocess.run(
+                [binary, str(self.conf_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise BrokerError(f"cannot run {binary}: {error}") from None
+        if done.returncode != 0:
+            output = done.stdout.decode(errors="replace").strip().splitlines()
+            detail = " / ".join(line.strip() for line in output[-3:] if line.strip())
+            raise BrokerError(f"redis-server refused to start ({binary}): {detail}")
 
     def _wait_started(self, url: str, log_offset: int, deadline: float) -> str:
         """Poll a just-started server; return "ok", "port-taken", "exited" or "timeout"."""
@@ -615,6 +610,16 @@ def _is_live_redis(pid: int) -> bool:
     except (OSError, IndexError):
         return False  # exited between the checks
     return b"redis" in cmdline or b"redis" in comm
+
+
+def _candidate_ports(previous_port: str) -> list[int]:
+    """The ports to try: the previous one first if free (workers holding the old URL come back)."""
+    ports: list[int] = []
+    if previous_port.isdigit() and _port_is_free(int(previous_port)):
+        ports.append(int(previous_port))
+    while len(ports) < PORT_ATTEMPTS:
+        ports.append(_free_port())
+    return ports
 
 
 def _free_port() -> int:

@@ -315,7 +315,7 @@ class TaskConfig(Section):
 
 
 class Environment(BaseSettings):
-    """The process environment Mitrailleuse reads (see DESIGN.md, Environment)."""
+    """The process environment Mitrailleuse reads (README, "Environment")."""
 
     model_config = SettingsConfigDict(extra="ignore")
 

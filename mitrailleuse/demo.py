@@ -16,7 +16,7 @@ from rich.console import Console
 from mitrailleuse.api import Progress
 from mitrailleuse.config import BatchConfig, TaskConfig
 from mitrailleuse.local import local_broker, run_locally
-from mitrailleuse.pipeline.assembler import read_records
+from mitrailleuse.records import read_records
 from mitrailleuse.simulator.process import SimulatorProcess
 from mitrailleuse.taskfolder import TaskFolder
 
@@ -42,26 +42,7 @@ def write_sample(path: Path, items: int) -> Path:
 def run_demo(scratch: Path, items: int, console: Console) -> int:
     """Run the demo; the exit code follows the CLI's rules."""
     sample = write_sample(scratch / "questions.jsonl", items)
-    config = TaskConfig.model_validate(
-        {
-            "openai": {
-                "prompt": "input_text",
-                "system_instruction": {"is_dynamic": True, "system_prompt": "instructions"},
-                "api_information": {"model": "gpt-4o-mini", "setting": {"temperature": 0}},
-                "batch": {"batch_size": 50},
-                # the simulator has no limit; a real account's goes here
-                "rate_limit": {
-                    "requests_per_minute": 60000,
-                    "tokens_per_minute": 10_000_000,
-                    "max_in_flight": 256,
-                },
-            }
-        }
-    )
-    batch_config = config.model_copy(deep=True)
-    batch_config.openai.batch = BatchConfig(
-        is_batch_active=True, batch_size=100, batch_check_time=1
-    )
+    config, batch_config = _configs()
     with (
         local_broker(),
         SimulatorProcess("--latency-ms", "20", "--batch-duration-s", "3") as simulator,
@@ -85,6 +66,31 @@ def run_demo(scratch: Path, items: int, console: Console) -> int:
         )
     ok = all(p.state == "completed" and p.failed == 0 for p in (progress, batch_progress))
     return 0 if ok else 1
+
+
+def _configs() -> tuple[TaskConfig, TaskConfig]:
+    """The live demo's config, and the native batch demo's."""
+    config = TaskConfig.model_validate(
+        {
+            "openai": {
+                "prompt": "input_text",
+                "system_instruction": {"is_dynamic": True, "system_prompt": "instructions"},
+                "api_information": {"model": "gpt-4o-mini", "setting": {"temperature": 0}},
+                "batch": {"batch_size": 50},
+                # the simulator has no limit; a real account's goes here
+                "rate_limit": {
+                    "requests_per_minute": 60000,
+                    "tokens_per_minute": 10_000_000,
+                    "max_in_flight": 256,
+                },
+            }
+        }
+    )
+    batch_config = config.model_copy(deep=True)
+    batch_config.openai.batch = BatchConfig(
+        is_batch_active=True, batch_size=100, batch_check_time=1
+    )
+    return config, batch_config
 
 
 def _show(console: Console, folder: TaskFolder, progress: Progress, calls: str) -> None:

@@ -22,27 +22,27 @@ def run_config(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:config"
 
 
-def part_records(run_id: str, part: int) -> str:
+def chunk_records(run_id: str, chunk: int) -> str:
     """Hash: ordinal → record JSON, for the records of one chunk not yet written to disk."""
-    return f"{PREFIX}:run:{run_id}:part:{part}"
+    return f"{PREFIX}:run:{run_id}:chunk:{chunk}"
 
 
-def parts_dispatched(run_id: str) -> str:
+def chunks_dispatched(run_id: str) -> str:
     """Bitmap: bit k set once chunk k has been sent to the workers."""
     return f"{PREFIX}:run:{run_id}:dispatched"
 
 
-def part_starts(run_id: str) -> str:
+def chunk_starts(run_id: str) -> str:
     """Hash: chunk number -> the input cursor its items begin at (to send it again)."""
-    return f"{PREFIX}:run:{run_id}:part-starts"
+    return f"{PREFIX}:run:{run_id}:chunk-starts"
 
 
-def parts_done(run_id: str) -> str:
+def chunks_done(run_id: str) -> str:
     """Bitmap: bit k set once chunk k's records are on disk."""
     return f"{PREFIX}:run:{run_id}:done"
 
 
-def parts_carried(run_id: str) -> str:
+def chunks_carried(run_id: str) -> str:
     """Hash: chunk number -> how many of its records an earlier run left on disk."""
     return f"{PREFIX}:run:{run_id}:carried"
 
@@ -57,6 +57,11 @@ def feed_lock(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:feed-lock"
 
 
+def status_lock(run_id: str) -> str:
+    """Lock: held while the run's ``status.json`` is read, changed and written again."""
+    return f"{PREFIX}:run:{run_id}:status-lock"
+
+
 def finish_lock(run_id: str) -> str:
     """Lock: taken once, by whoever assembles the finished run."""
     return f"{PREFIX}:run:{run_id}:finish"
@@ -65,6 +70,10 @@ def finish_lock(run_id: str) -> str:
 def events(run_id: str) -> str:
     """Pub/sub channel: progress and record events of a run."""
     return f"{PREFIX}:run:{run_id}:events"
+
+
+#: The event that says a chunk's part file is written: ``chunk:<number>``.
+CHUNK_WRITTEN = "chunk:"
 
 
 def run_keys_pattern(run_id: str) -> str:

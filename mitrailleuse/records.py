@@ -1,4 +1,4 @@
-"""Result records (DESIGN.md "Result record"): the one line each input item ends as.
+"""Result records (README, "Results"): the one line each input item ends as.
 
 The workers build records from answers and errors, the feeder builds the failed records of
 invalid input lines, and the assembler only moves records around; nothing else shapes them.
@@ -6,8 +6,12 @@ invalid input lines, and the assembler only moves records around; nothing else s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
+
+import orjson
 
 from mitrailleuse.providers.base import Answer
 
@@ -24,14 +28,14 @@ class ItemRef:
     index: int
     ordinal: int
 
-    def as_message(self, request: dict[str, Any] | None) -> dict[str, Any]:
-        """The item as a JSON-serializable message body."""
+    def with_request(self, request: dict[str, Any] | None) -> dict[str, Any]:
+        """The item as a message carries it: its reference and its request, JSON-serializable."""
         return {**asdict(self), "request": request}
 
     @classmethod
-    def from_message(cls, message: dict[str, Any]) -> ItemRef:
-        """The reference part of a message body."""
-        return cls(message["id"], message["input_file"], message["index"], message["ordinal"])
+    def of(cls, item: dict[str, Any]) -> ItemRef:
+        """The reference of an item a message carries."""
+        return cls(item["id"], item["input_file"], item["index"], item["ordinal"])
 
 
 def succeeded(
@@ -98,3 +102,11 @@ def invalid_input(item: ItemRef, provider: str, reason: str) -> dict[str, Any]:
     """The record of an input line no request could be built from."""
     error = {"type": "invalid_input", "message": reason, "status_code": None}
     return failed(item, provider, None, error, attempts=0)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, streamed."""
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)

@@ -2,7 +2,7 @@
 
 The CLI and the Python API create and find tasks here; the control tasks of the pipeline write
 ``status.json`` and the outputs through :func:`write_atomic`, so a reader never sees half a file.
-Layout (DESIGN.md)::
+Layout (README, "The task folder")::
 
     <tasks_dir>/<user_id>/<api>_<task_name>_<DD_MM_YYYY_HHMMSS>/
         config/config.json  inputs/  outputs/  cache/  logs/  status.json
@@ -28,7 +28,7 @@ from mitrailleuse.errors import InputError, MitrailleuseError, TaskNameError, Ta
 from mitrailleuse.inputs import check_has_items, sorted_input_files
 from mitrailleuse.providers import provider_class
 
-#: Every state a task goes through (DESIGN.md, status.json).
+#: Every state a task goes through (status.json; README, "The task folder").
 TaskState = Literal[
     "created",
     "queued",

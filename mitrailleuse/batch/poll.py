@@ -24,9 +24,10 @@ from mitrailleuse.batch.submit import downloaded, submit, write_retry_batch
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.caller import context_for
+from mitrailleuse.pipeline.chunks import chunk_of
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import ProviderError
-from mitrailleuse.records import ItemRef, failed, succeeded
+from mitrailleuse.records import ItemRef, failed, read_records, succeeded
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
@@ -96,56 +97,76 @@ def collect(
     price: ModelPrice | None,
 ) -> None:
     """Turn an ended batch's files into one record per item; resend the missing ones once."""
-    openai = provider.client
-    refs: dict[str, ItemRef] = {}
-    with batches.items_path(folder, state.number).open("rb") as handle:
-        for line in handle:
-            item_id, input_file, index, ordinal = orjson.loads(line)
-            refs[item_id] = ItemRef(item_id, input_file, index, ordinal)
-    attempts = 1 if state.retry_of is None else 2
-    records: dict[str, dict[str, Any]] = {}
-    for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
-        path = downloaded(openai, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
-        if path is None:
-            continue
-        with path.open("rb") as handle:
-            for line in handle:
-                if line.strip():
-                    entry = orjson.loads(line)
-                    ref = refs.get(entry.get("custom_id"))
-                    if ref is not None and ref.id not in records:
-                        records[ref.id] = _record(ref, entry, provider, attempts, price)
+    refs = _item_refs(folder, state.number)
+    records = _read_results(folder, state, refs, provider, price)
     missing = {item_id for item_id in refs if item_id not in records}
-    retry_parts: set[int] = set()
+    resent: set[int] = set()
     if missing and not run.cancelled:
         if state.retry_of is None:
-            parts = sorted({run.part_of(refs[i].ordinal) for i in missing})
-            write_retry_batch(run, folder, state, missing, parts)
-            retry_parts = set(parts)
+            resent = {chunk_of(refs[i].ordinal, run.settings.chunk_size) for i in missing}
+            write_retry_batch(run, folder, state, missing, sorted(resent))
         else:
-            error = {
-                "type": f"batch_{state.raw_status}"
-                if state.raw_status != "completed"
-                else "batch_missing",
-                "message": f"not in the results of batch {state.batch_id} ({state.raw_status}), "
-                f"after one re-submission",
-                "status_code": None,
-            }
-            for item_id in missing:
-                records[item_id] = failed(
-                    refs[item_id], provider.name, provider.model, error, attempts, mode="batch"
-                )
-    by_part: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+            records.update(_missing_after_resend(state, provider, missing, refs))
+    by_chunk: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for item_id, record in records.items():
         ordinal = refs[item_id].ordinal
-        by_part[run.part_of(ordinal)].append((ordinal, record))
-    for part in sorted(set(state.parts) | set(by_part)):
-        run.store_records(part, by_part.get(part, []))
-        assembler.write_part(run, part, final=part not in retry_parts)
+        by_chunk[chunk_of(ordinal, run.settings.chunk_size)].append((ordinal, record))
+    for chunk in sorted(set(state.chunks) | set(by_chunk)):
+        run.store_records(chunk, by_chunk.get(chunk, []))
+        assembler.write_chunk(run, chunk, final=chunk not in resent)
     state.step = "collected"
     batches.save(folder, state)
     batches.untrack(run.redis, folder, state.number)
     assembler.finish_if_complete(run)
+
+
+def _item_refs(folder: TaskFolder, number: int) -> dict[str, ItemRef]:
+    """The items of a batch by id, from its items file (one line per request line)."""
+    refs: dict[str, ItemRef] = {}
+    with batches.items_path(folder, number).open("rb") as handle:
+        for line in handle:
+            item_id, input_file, index, ordinal = orjson.loads(line)
+            refs[item_id] = ItemRef(item_id, input_file, index, ordinal)
+    return refs
+
+
+def _read_results(
+    folder: TaskFolder,
+    state: batches.BatchState,
+    refs: dict[str, ItemRef],
+    provider: Any,
+    price: ModelPrice | None,
+) -> dict[str, dict[str, Any]]:
+    """A record for each item the batch's output or error file answers (the first answer wins)."""
+    attempts = 1 if state.retry_of is None else 2
+    records: dict[str, dict[str, Any]] = {}
+    for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
+        path = downloaded(
+            provider.client, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl"
+        )
+        if path is None:
+            continue
+        for entry in read_records(path):
+            ref = refs.get(entry.get("custom_id"))
+            if ref is not None and ref.id not in records:
+                records[ref.id] = _record(ref, entry, provider, attempts, price)
+    return records
+
+
+def _missing_after_resend(
+    state: batches.BatchState, provider: Any, missing: set[str], refs: dict[str, ItemRef]
+) -> dict[str, dict[str, Any]]:
+    """Failed records for the items a re-sent batch still did not answer."""
+    error = {
+        "type": f"batch_{state.raw_status}" if state.raw_status != "completed" else "batch_missing",
+        "message": f"not in the results of batch {state.batch_id} ({state.raw_status}), "
+        f"after one re-submission",
+        "status_code": None,
+    }
+    return {
+        item_id: failed(refs[item_id], provider.name, provider.model, error, 2, mode="batch")
+        for item_id in missing
+    }
 
 
 def _record(

@@ -30,7 +30,7 @@ class BatchState(BaseModel):
     run_id: str
     number: int
     items: int
-    parts: list[int]
+    chunks: list[int]
     step: Step = "written"
     retry_of: int | None = None
     file_id: str | None = None

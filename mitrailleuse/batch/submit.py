@@ -43,17 +43,17 @@ class BatchWriter:
     """Writes chunks' request lines into batch files of up to ``parts_per_batch`` chunks."""
 
     def __init__(
-        self, run: RunState, folder: TaskFolder, provider: Any, parts_per_batch: int
+        self, run: RunState, folder: TaskFolder, provider: Any, chunks_per_batch: int
     ) -> None:
         self.run, self.folder, self.provider = run, folder, provider
-        self.parts_per_batch = parts_per_batch
+        self.chunks_per_batch = chunks_per_batch
         self._open: tuple[int, BinaryIO, BinaryIO] | None = None
-        self._parts: list[int] = []
+        self._chunks: list[int] = []
         self._requests = 0
         self._bytes = 0
         self._resume: Resume | None = None
 
-    def add(self, part: int, messages: list[dict[str, Any]], resume: Resume) -> int | None:
+    def add(self, chunk: int, items: list[dict[str, Any]], resume: Resume) -> int | None:
         """Add a chunk's requests; returns the number of a batch it closed, if any.
 
         ``resume`` is where the feed goes on after this chunk: saved only once the chunk's
@@ -61,11 +61,11 @@ class BatchWriter:
         batch file half written feeds its chunks again, into a new batch, instead of losing
         them.
         """
-        lines = [self._line(m) for m in messages]
+        lines = [self._line(item) for item in items]
         size = sum(len(line) for line in lines)
         closed = None
         too_big = self._requests + len(lines) > MAX_REQUESTS or self._bytes + size > MAX_BYTES
-        if self._open is not None and (len(self._parts) >= self.parts_per_batch or too_big):
+        if self._open is not None and (len(self._chunks) >= self.chunks_per_batch or too_big):
             closed = self.close()
         if self._open is None:
             number = self.run.next_batch_number()
@@ -78,10 +78,10 @@ class BatchWriter:
         _, requests_file, items_file = self._open
         requests_file.writelines(lines)
         items_file.writelines(
-            orjson.dumps([m["id"], m["input_file"], m["index"], m["ordinal"]]) + b"\n"
-            for m in messages
+            orjson.dumps([item["id"], item["input_file"], item["index"], item["ordinal"]]) + b"\n"
+            for item in items
         )
-        self._parts.append(part)
+        self._chunks.append(chunk)
         self._requests += len(lines)
         self._bytes += size
         self._resume = resume
@@ -106,7 +106,7 @@ class BatchWriter:
         requests_file.close()
         items_file.close()
         state = batches.BatchState(
-            run_id=self.run.run_id, number=number, items=self._requests, parts=self._parts
+            run_id=self.run.run_id, number=number, items=self._requests, chunks=self._chunks
         )
         batches.save(self.folder, state)
         pipe = self.run.redis.pipeline(transaction=True)
@@ -114,7 +114,7 @@ class BatchWriter:
         if self._resume is not None:
             self.run.advance(*self._resume, pipe=pipe)
         pipe.execute()
-        self._open, self._parts, self._requests, self._bytes = None, [], 0, 0
+        self._open, self._chunks, self._requests, self._bytes = None, [], 0, 0
         self._resume = None
         return number
 
@@ -125,7 +125,7 @@ class BatchWriter:
 
 
 def write_retry_batch(
-    run: RunState, folder: TaskFolder, of: batches.BatchState, item_ids: set[str], parts: list[int]
+    run: RunState, folder: TaskFolder, of: batches.BatchState, item_ids: set[str], chunks: list[int]
 ) -> int:
     """A new batch of only ``item_ids`` of batch ``of``: their lines copied as they were."""
     number = run.next_batch_number()
@@ -142,7 +142,7 @@ def write_retry_batch(
                 target_items.write(item_line)
                 count += 1
     state = batches.BatchState(
-        run_id=run.run_id, number=number, items=count, parts=parts, retry_of=of.number
+        run_id=run.run_id, number=number, items=count, chunks=chunks, retry_of=of.number
     )
     batches.save(folder, state)
     batches.track(run.redis, folder, number)

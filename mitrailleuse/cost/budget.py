@@ -11,6 +11,8 @@ worker that died mid-call are given back, instead of holding the run back for ev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 import redis
@@ -52,6 +54,16 @@ class RunBudget:
         """Release ``holder``'s reservation once the call's records (and costs) are stored."""
         if self.limit_usd is not None and usd > 0:
             self._give_back(keys=self.keys, args=[holder])
+
+    @contextmanager
+    def reserved(self, usd: float, holder: str) -> Iterator[Reservation]:
+        """A call's reservation, given back when the call is over, however it ended."""
+        reservation = self.reserve(usd, holder)
+        try:
+            yield reservation
+        finally:
+            if reservation is Reservation.RESERVED:
+                self.give_back(usd, holder)
 
     def spend(self, usd: float) -> None:
         """Count money spent that no record carries (an answer asked again)."""

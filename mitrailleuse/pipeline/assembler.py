@@ -1,6 +1,6 @@
 """Writes records to the task folder: one durable part file per chunk, then the run's outputs.
 
-The chord callback of each chunk calls :func:`write_part`; whoever sees the last chunk land (the
+The chord callback of each chunk calls :func:`write_chunk`; whoever sees the last chunk land (the
 callback, the feeder or ``cancel``) calls :func:`finish_if_complete`, which assembles
 ``outputs/results.jsonl`` (input order, one record per item), ``errors.jsonl``, ``summary.json``
 and the final ``status.json``. Every write is atomic and every step may run twice.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,86 +19,64 @@ import orjson
 
 from mitrailleuse import keys
 from mitrailleuse.pipeline.cache import save_new_answers
+from mitrailleuse.pipeline.chunks import items_in_chunk, part_files, part_path
 from mitrailleuse.pipeline.run_state import COUNT_FIELDS, RunState, count_record, new_counts
+from mitrailleuse.records import read_records
 from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
 
 
-def part_path(folder: TaskFolder, part: int) -> Path:
-    """Where chunk ``part``'s records are kept."""
-    return folder.parts_dir / f"part-{part:07d}.jsonl"
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL file, streamed."""
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield orjson.loads(line)
-
-
-def carry_over(folder: TaskFolder, part: int, run: RunState) -> set[str]:
-    """Ids of chunk ``part`` already recorded on disk by an earlier run, counted into this one."""
-    path = part_path(folder, part)
-    if not path.exists():
-        return set()
-    records = list(read_records(path))
-    run.carry(part, records)
-    return {record["id"] for record in records}
-
-
-def write_part(run: RunState, part: int, final: bool = True) -> None:
-    """Move chunk ``part``'s records from Redis to its part file, merged with earlier ones.
+def write_chunk(run: RunState, chunk: int, final: bool = True) -> None:
+    """Move chunk ``chunk``'s records from Redis to its part file, merged with earlier ones.
 
     ``final`` marks the chunk done; a native batch whose missing items were sent again writes
     what it has without it, and the re-sent batch finishes the chunk.
     """
-    folder = TaskFolder(Path(run.get("task_path") or ""))
-    path = part_path(folder, part)
-    merged = {record["id"]: record for record in run.part_records(part)}
+    folder = run.folder
+    path = part_path(folder, chunk)
+    merged = {record["id"]: record for record in run.chunk_records(chunk)}
     if path.exists():
         merged.update((record["id"], record) for record in read_records(path))
     ordered = sorted(merged.values(), key=lambda r: (r["input_file"], r["index"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, b"".join(orjson.dumps(record) + b"\n" for record in ordered))
     if final:
-        run.mark_done(part)  # before the records go: a late message then sees the chunk done
-    run.drop_part_records(part)
+        run.mark_done(chunk)  # before the records go: a late message then sees the chunk done
+    run.drop_chunk_records(chunk)
     save_new_answers(run.redis, run.run_id, folder.cache_dir)
     if not final:
         return
-    run.redis.publish(keys.events(run.run_id), f"part:{part}")
-    folder.update_status(counts=Counts(**run.counts()))
+    run.redis.publish(keys.events(run.run_id), f"{keys.CHUNK_WRITTEN}{chunk}")
+    run.show_counts()
 
 
 def finish_if_complete(run: RunState) -> bool:
     """Assemble the run if every chunk is on disk (or it was cancelled and nothing is in flight)."""
     info = run.info()
-    all_parts = info.get("exhausted") == "1" and run.parts_done() >= int(info["parts_total"])
+    all_chunks = info.get("exhausted") == "1" and run.chunks_done() >= int(info["chunks_total"])
     cancelled = info.get("cancelled") == "1"
-    if not (all_parts or (cancelled and run.parts_in_flight() <= 0)):
+    if not (all_chunks or (cancelled and run.chunks_in_flight() <= 0)):
         return False
     if not run.redis.set(keys.finish_lock(run.run_id), 1, nx=True):
         return False
     counts = run.counts()  # read again: records may have landed since ``info``
-    complete = all_parts and counts["done"] >= counts["total"]
+    complete = all_chunks and counts["done"] >= counts["total"]
     state = "completed" if complete or not cancelled else info.get("stop_state", "cancelled")
-    assemble(run, TaskFolder(Path(info["task_path"])), state, info.get("stop_reason"))
+    assemble(run, run.folder, state, info.get("stop_reason"))
     return True
 
 
-def rescue_parts(run: RunState) -> int:
+def rescue_chunks(run: RunState) -> int:
     """Write the chunks whose records are all in but whose chord callback never came.
 
     A callback can be lost when Redis restarts at the wrong moment; the feeder looks for such
     chunks every few seconds until the run ends. Writing a chunk twice is harmless.
     """
-    info = run.info()
-    total, size = int(info["total"]), int(info["batch_size"])
-    parts = run.parts_unfinished()
+    settings = run.settings
+    chunks = run.chunks_unfinished()
     rescued = 0
-    for part, held in zip(parts, run.records_in(parts), strict=True):
-        if held >= min(size, total - part * size):
-            write_part(run, part)
+    for chunk, held in zip(chunks, run.records_in(chunks), strict=True):
+        if held >= items_in_chunk(chunk, settings.chunk_size, settings.total):
+            write_chunk(run, chunk)
             rescued += 1
     if rescued:
         finish_if_complete(run)
@@ -109,23 +86,51 @@ def rescue_parts(run: RunState) -> int:
 def fail_run(run: RunState, message: str) -> None:
     """End a run that cannot go on (its inputs or config became unusable), saying why."""
     run.cancel()
-    run.set(state="failed")
-    folder = TaskFolder(Path(run.get("task_path") or ""))
-    folder.update_status(state="failed", message=message, finished_at=now())
-    folder.log(f"run {run.run_id} failed: {message}")
+    run.enter("failed", message=message, finished_at=now())
+    run.folder.log(f"run {run.run_id} failed: {message}")
     run.redis.publish(keys.events(run.run_id), b"finished")
 
 
 def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None = None) -> None:
     """Concatenate the part files into the run's outputs, in input order."""
     save_new_answers(run.redis, run.run_id, folder.cache_dir)
+    tally = _concatenate(folder)
+    status = folder.status()
+    finished = now()
+    counts = Counts(total=status.counts.total, **{f: tally.counts[f] for f in COUNT_FIELDS})
+    started = status.started_at or status.created_at
+    duration_s = max((finished - started).total_seconds(), 1e-9)
+    summary = {
+        "run_id": run.run_id,
+        "state": state,
+        "provider": status.provider,
+        "mode": status.mode,
+        "counts": counts.model_dump(),
+        "missing": max(counts.total - counts.done, 0),
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "duration_s": round(duration_s, 3),
+        "items_per_s": round(counts.done / duration_s, 2),
+    }
+    write_json(folder.summary_path, {**summary, **tally.totals()})
+    run.enter(state, counts=counts, finished_at=finished, message=reason)
+    folder.log(
+        f"run {run.run_id} {state}: {counts.succeeded} succeeded, {counts.failed} failed,"
+        f" {counts.total - counts.done} not done, ${tally.cost_usd:.6f} in {duration_s:.1f}s"
+        + (f" ({reason})" if reason else "")
+    )
+    run.redis.publish(keys.events(run.run_id), b"finished")
+    run.retire()
+
+
+def _concatenate(folder: TaskFolder) -> _Tally:
+    """Write ``results.jsonl`` and ``errors.jsonl`` from the part files; what they hold."""
     folder.outputs_dir.mkdir(exist_ok=True)
-    parts = sorted(folder.parts_dir.glob("part-*.jsonl")) if folder.parts_dir.exists() else []
     tally = _Tally()
     with ExitStack() as stack:
         results = stack.enter_context(_AtomicWriter(folder.results_path))
         errors = stack.enter_context(_AtomicWriter(folder.errors_path))
-        for path in parts:
+        for _, path in part_files(folder):
             with path.open("rb") as handle:
                 for line in handle:
                     if not line.strip():
@@ -135,40 +140,7 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
                     results.write(line)
                     if record["status"] != "succeeded":
                         errors.write(line)
-    status = folder.status()
-    finished = now()
-    counts = Counts(total=status.counts.total, **{f: tally.counts[f] for f in COUNT_FIELDS})
-    started = status.started_at or status.created_at
-    duration_s = max((finished - started).total_seconds(), 1e-9)
-    write_json(
-        folder.summary_path,
-        {
-            "run_id": run.run_id,
-            "state": state,
-            "provider": status.provider,
-            "mode": status.mode,
-            "counts": counts.model_dump(),
-            "missing": max(counts.total - counts.done, 0),
-            "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
-            "duration_s": round(duration_s, 3),
-            "items_per_s": round(counts.done / duration_s, 2),
-            **tally.totals(),
-        },
-    )
-    folder.write_status(
-        status.model_copy(
-            update={"state": state, "counts": counts, "finished_at": finished, "message": reason}
-        )
-    )
-    run.set(state=state)
-    folder.log(
-        f"run {run.run_id} {state}: {counts.succeeded} succeeded, {counts.failed} failed,"
-        f" {counts.total - counts.done} not done, ${tally.cost_usd:.6f} in {duration_s:.1f}s"
-        + (f" ({reason})" if reason else "")
-    )
-    run.redis.publish(keys.events(run.run_id), b"finished")
-    run.retire()
+    return tally
 
 
 class _Tally:

@@ -58,17 +58,17 @@ class ResponseCache:
         self.run_id = run_id
         self.settings = settings
 
-    def lookup(self, provider: Provider, messages: Sequence[dict[str, Any]]) -> Lookup:
-        """Hits and misses of a group: one round trip."""
+    def lookup(self, provider: Provider, items: Sequence[dict[str, Any]]) -> Lookup:
+        """Hits and misses of a message's items: one round trip."""
         found = Lookup()
-        for message in messages:
-            found.hashes[message["ordinal"]] = request_hash(provider, message["request"])
+        for item in items:
+            found.hashes[item["ordinal"]] = request_hash(provider, item["request"])
         entries = self.redis.mget([keys.cache_entry(h) for h in found.hashes.values()])
-        for message, entry in zip(messages, entries, strict=True):
+        for item, entry in zip(items, entries, strict=True):
             if entry is None:
-                found.misses.append(message)
+                found.misses.append(item)
             else:
-                found.hits[message["ordinal"]] = Answer(**orjson.loads(entry))
+                found.hits[item["ordinal"]] = Answer(**orjson.loads(entry))
         return found
 
     def put(self, answers: Iterable[tuple[str, Answer]], fresh: bool = True) -> None:

@@ -1,6 +1,6 @@
-"""One provider call for a group of items, turned into records: the body of the worker task.
+"""A message's provider calls, turned into records: the body of the worker task.
 
-:func:`call_group` is called by the ``mitrailleuse.call`` Celery task with the items of one
+:func:`call_message` is called by the ``mitrailleuse.call`` Celery task with the items of one
 message. It skips items that already have a record (a redelivered message), calls the provider
 once per group, and stores one record per item, or asks the task to retry later. It never
 raises for a provider's failure, so a chord always reaches its callback.
@@ -15,7 +15,6 @@ grant frees the claims, and a dead worker's claims are free once its heartbeat s
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -24,14 +23,15 @@ from typing import Any
 
 import orjson
 
-from mitrailleuse.config import TaskConfig, parse_config
+from mitrailleuse.config import RetryPolicy, TaskConfig, parse_config
 from mitrailleuse.cost.budget import Reservation, RunBudget
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key, resolve_proxies
 from mitrailleuse.pipeline import liveness
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
-from mitrailleuse.pipeline.feeder import group_calls
-from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.pipeline.chunks import group_calls
+from mitrailleuse.pipeline.retries import Verdict, after_error, attempt_of
+from mitrailleuse.pipeline.run_state import HeldClaims, RunState
 from mitrailleuse.pipeline.similarity import check_answers
 from mitrailleuse.providers import Answer, ErrorKind, Provider, ProviderError, provider_class
 from mitrailleuse.ratelimit import WAITING, Claims, Grant, Held, ItemState, Limits, RedisLimiter
@@ -129,40 +129,35 @@ class CallOutcome:
             self.retry_in_s = max(self.retry_in_s or 0.0, other.retry_in_s)
 
 
-def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog), capped at ``max_s``."""
-    return random.uniform(0, min(max_s, initial_s * 2 ** (attempt - 1)))
-
-
-def call_group(run: RunState, part: int, messages: list[dict[str, Any]]) -> CallOutcome:
-    """Call the provider for the items of ``messages`` that have no record yet.
+def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> CallOutcome:
+    """Call the provider for the message's items that have no record yet.
 
     A message carries up to ``general.calls_per_message`` calls, made one after the other:
     Celery's cost per message is shared by them. Items the response cache knows are recorded as
     ``cached`` without a call; items a live call elsewhere is sending wait for it. Each item
     carries its own ``attempt`` count (1 when absent).
     """
-    gate = run.before_call(part, [m["ordinal"] for m in messages])
-    pending = [m for m in messages if m["ordinal"] not in gate.recorded]
+    gate = run.before_call(chunk, [item["ordinal"] for item in items])
+    pending = [item for item in items if item["ordinal"] not in gate.recorded]
     if not pending or gate.cancelled:
         return CallOutcome()
     context = context_for(run)
     provider = context.provider
     if gate.halted_reason:
         error = {"type": "quota_exceeded", "message": gate.halted_reason, "status_code": None}
-        items = [ItemRef.from_message(m) for m in pending]
-        return _store_failed(run, part, provider, items, error, attempts=0)
+        items = [ItemRef.of(m) for m in pending]
+        return _store_failed(run, chunk, provider, items, error, attempts=0)
     hashes: dict[int, str] = {}
     hits = 0
     if context.cache is not None:
         found = context.cache.lookup(provider, pending)
-        hits = _store_hits(run, part, provider, pending, found.hits)
+        hits = _store_hits(run, chunk, provider, pending, found.hits)
         context.cache.put(((found.hashes[o], a) for o, a in found.hits.items()), fresh=False)
         pending, hashes = found.misses, found.hashes
     holder = liveness.holder(liveness.heartbeat(run.redis).owner)
     outcome = CallOutcome(stored=hits)
     for group in group_calls(type(provider), pending):
-        outcome.add(_call(run, part, context, group, hashes, holder))
+        outcome.add(_call(run, chunk, context, group, hashes, holder))
         if outcome.limited:
             break  # the rate limiter or the budget holds calls back: the next ones would wait
     return outcome
@@ -170,7 +165,7 @@ def call_group(run: RunState, part: int, messages: list[dict[str, Any]]) -> Call
 
 def _call(
     run: RunState,
-    part: int,
+    chunk: int,
     context: RunContext,
     pending: list[dict[str, Any]],
     hashes: dict[int, str],
@@ -178,21 +173,20 @@ def _call(
 ) -> CallOutcome:
     """Reserve the budget, take the grant and the claims, call, and store the records."""
     provider, section = context.provider, context.section
-    payloads = [m["request"] for m in pending]
+    payloads = [item["request"] for item in pending]
     worst = 0.0  # only a run with a cost limit reserves anything
     if context.price is not None and context.budget.limit_usd is not None:
         worst = worst_case_usd(context.price, *provider.cost_units(payloads))
-    reservation = context.budget.reserve(worst, holder)
-    if reservation is not Reservation.RESERVED:
+    with context.budget.reserved(worst, holder) as reservation:
         if reservation is Reservation.WAIT:
             return CallOutcome(retry_in_s=BUDGET_POLL_S, limited=True)
-        limit, spent = context.budget.limit_usd, run.spent_usd()
-        run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
-        return CallOutcome()
-    try:
-        ordinals = [m["ordinal"] for m in pending]
+        if reservation is Reservation.EXHAUSTED:
+            limit, spent = context.budget.limit_usd, run.spent_usd()
+            run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
+            return CallOutcome()
+        ordinals = [item["ordinal"] for item in pending]
         request_hashes = [hashes[o] for o in ordinals] if hashes else None
-        claims = run.claims(part, ordinals, holder, request_hashes)
+        claims = run.claims(chunk, ordinals, holder, request_hashes)
         turn = _acquire(
             context.limiter, provider.estimate_tokens(payloads), section.timeout_s, claims
         )
@@ -200,65 +194,59 @@ def _call(
             return CallOutcome(retry_in_s=CLAIM_POLL_S if turn.waiting else None)
         if not isinstance(turn, Grant):
             return CallOutcome(retry_in_s=turn, limited=True)
-        outcome = _call_claimed(run, part, context, pending, turn, claims, hashes)
+        with run.holding(claims.held_keys(turn.items)) as held:
+            outcome = _call_claimed(run, chunk, context, pending, turn, held, hashes)
         if any(state in WAITING for state in turn.items):
             outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
         return outcome
-    finally:
-        context.budget.give_back(worst, holder)
 
 
 def _call_claimed(
     run: RunState,
-    part: int,
+    chunk: int,
     context: RunContext,
     pending: list[dict[str, Any]],
     grant: Grant,
-    claims: Claims,
+    held: HeldClaims,
     hashes: dict[int, str],
 ) -> CallOutcome:
-    """Send the items the grant claimed; their claims are freed on every path."""
+    """Send the items the grant claimed, and store their records (with their claims' release)."""
     provider, section = context.provider, context.section
     claimed = [
-        m for m, state in zip(pending, grant.items, strict=True) if state is ItemState.CLAIMED
+        item for item, state in zip(pending, grant.items, strict=True) if state is ItemState.CLAIMED
     ]
-    held = claims.held_keys(grant.items)
-    items = [ItemRef.from_message(m) for m in claimed]
-    attempt = max(m.get("attempt", 1) for m in claimed)
+    items = [ItemRef.of(item) for item in claimed]
+    attempt = max(attempt_of(item) for item in claimed)
     started = time.monotonic()
-    used_tokens = None
     try:
-        result = provider.send([m["request"] for m in claimed], section.timeout_s)
-        used_tokens = provider.used_tokens(result.answers)
+        with context.limiter.leased(grant) as used:
+            result = provider.send([item["request"] for item in claimed], section.timeout_s)
+            used.tokens = provider.used_tokens(result.answers)
     except ProviderError as error:
         if error.kind is ErrorKind.RATE_LIMITED:
             context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
-        run.release_claims(held)
-        return _after_error(run, part, provider, items, error, attempt, section.retry)
+        return _after_error(run, chunk, provider, items, error, attempt, section.retry)
     except Exception as error:  # a bug or an SDK surprise must not stall the chord
         log.exception("unexpected error calling %s", provider.name)
-        run.release_claims(held)
         wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
-        return _after_error(run, part, provider, items, wrapped, attempt, section.retry)
-    finally:
-        context.limiter.release(grant, used_tokens)
+        return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
     context.limiter.observe(result.headers)
     latency_ms = round((time.monotonic() - started) * 1000)
     return _store_answers(
-        run, part, context, items, result.answers, attempt, latency_ms, hashes, held
+        run, chunk, context, items, result.answers, attempt, latency_ms, hashes, held
     )
 
 
 def _store_answers(
     run: RunState,
-    part: int,
+    chunk: int,
     context: RunContext,
     items: list[ItemRef],
     answers: list[Answer],
     attempt: int,
     latency_ms: int,
     hashes: dict[int, str],
-    held: list[str],
+    held: HeldClaims,
 ) -> CallOutcome:
     """Records of a call's answers, its claims freed with them.
 
@@ -300,7 +288,7 @@ def _store_answers(
             if item.ordinal in hashes and item.ordinal not in reask
         )
     kept = [(o, record) for o, record in records.items() if o not in reask]
-    stored = run.store_records(part, kept, release=held)
+    stored = run.store_records(chunk, kept, release=held)
     if reask:
         return CallOutcome(stored, similarity.settings.cooldown_period, reask)
     return CallOutcome(stored)
@@ -308,30 +296,30 @@ def _store_answers(
 
 def _store_hits(
     run: RunState,
-    part: int,
+    chunk: int,
     provider: Provider,
-    messages: list[dict[str, Any]],
+    items: list[dict[str, Any]],
     hits: dict[int, Answer],
 ) -> int:
     """``cached`` records for the items the cache answered: no call, no cost."""
     records = [
         (
-            message["ordinal"],
+            item["ordinal"],
             succeeded(
-                ItemRef.from_message(message),
+                ItemRef.of(item),
                 provider.name,
                 provider.model,
-                hits[message["ordinal"]],
+                hits[item["ordinal"]],
                 attempts=0,
                 latency_ms=0,
                 cost_usd=0.0,
                 cached=True,
             ),
         )
-        for message in messages
-        if message["ordinal"] in hits
+        for item in items
+        if item["ordinal"] in hits
     ]
-    return run.store_records(part, records) if records else 0
+    return run.store_records(chunk, records) if records else 0
 
 
 def _acquire(
@@ -348,26 +336,24 @@ def _acquire(
 
 def _after_error(
     run: RunState,
-    part: int,
+    chunk: int,
     provider: Provider,
     items: list[ItemRef],
     error: ProviderError,
     attempt: int,
-    policy: Any,
+    policy: RetryPolicy,
 ) -> CallOutcome:
-    if error.kind is ErrorKind.QUOTA:
+    decision = after_error(error, attempt, policy)
+    if decision.verdict is Verdict.RETRY:
+        return CallOutcome(retry_in_s=decision.wait_s, attempted={item.ordinal for item in items})
+    if decision.verdict is Verdict.HALT:
         run.halt(error.message)
-    elif error.kind is not ErrorKind.FATAL and attempt < policy.max_attempts:
-        wait = backoff_s(attempt, policy.initial_backoff_s, policy.max_backoff_s)
-        if error.retry_after_s is not None:
-            wait = max(wait, error.retry_after_s)
-        return CallOutcome(retry_in_s=wait, attempted={item.ordinal for item in items})
-    return _store_failed(run, part, provider, items, error.as_record_error(), attempt)
+    return _store_failed(run, chunk, provider, items, error.as_record_error(), attempt)
 
 
 def _store_failed(
     run: RunState,
-    part: int,
+    chunk: int,
     provider: Provider,
     items: list[ItemRef],
     error: dict[str, Any],
@@ -377,4 +363,4 @@ def _store_failed(
         (item.ordinal, failed(item, provider.name, provider.model, error, attempts))
         for item in items
     ]
-    return CallOutcome(stored=run.store_records(part, records))
+    return CallOutcome(stored=run.store_records(chunk, records))

@@ -1,16 +1,16 @@
 """The feeder: streams a run's inputs and dispatches them chunk by chunk, within a window.
 
 The ``mitrailleuse.feed`` control task calls :func:`feed_slice`. A slice holds the run's feed
-lock, reads items from the saved cursor, cuts them into chunks of ``batch_size`` and hands each
-chunk to ``send_chunk`` (which makes it a chord), while fewer than ``window_parts`` chunks are in
-flight. After ``slice_s`` it returns, and the task schedules the next slice: no worker slot is
-held for the length of a run, and no process holds more than one chunk of the inputs. Once every
-chunk is sent, the chain goes on every few seconds as a watch: a chunk whose records are all in
-but whose chord callback was lost (Redis restarted at the wrong moment) is written by it, and a
-chunk none of whose messages is left in the broker is sent again (:func:`resend_lost`).
+lock and reads items from the saved cursor, chunk by chunk (``pipeline.chunks``). Live, it hands
+each chunk to ``send_chunk`` (which makes it a chord) while fewer than ``window_chunks`` are in
+flight; in native batch mode it writes each into a batch file. After ``slice_s`` it returns, and
+the task schedules the next slice: no worker slot is held for the length of a run, and no
+process holds more than one chunk of the inputs. Once every chunk is sent, the chain goes on
+every few seconds as a watch: a chunk whose records are all in but whose chord callback was lost
+(Redis restarted at the wrong moment) is written by it, and a chunk none of whose messages is
+left in the broker is sent again (:func:`resend_lost`).
 
-Chunk ``k`` always holds the run's items ``k * batch_size`` to ``(k + 1) * batch_size - 1``, so
-a resumed run finds its chunks' earlier records in ``outputs/parts/`` and sends only the items
+A resumed run finds its chunks' earlier records in their part files and sends only the items
 that have none.
 """
 
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from pathlib import Path
 from typing import Any, Protocol
 
 import redis.exceptions
@@ -30,14 +29,14 @@ import redis.exceptions
 from mitrailleuse import keys
 from mitrailleuse.batch.submit import MAX_REQUESTS, BatchWriter
 from mitrailleuse.config import TaskConfig
-from mitrailleuse.inputs import Item, iter_items
+from mitrailleuse.inputs import Cursor, Item, iter_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.cache import cache_enabled, load_file_cache
+from mitrailleuse.pipeline.chunks import Chunk, build_chunk, carry_over, read_chunk
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.pipeline.transport import chunks_in_broker
-from mitrailleuse.providers import InvalidItem, Provider, provider_class
-from mitrailleuse.records import ItemRef, invalid_input
+from mitrailleuse.providers import provider_class
 from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder
 
 log = logging.getLogger(__name__)
@@ -54,23 +53,6 @@ LOCKED_RETRY_S = 2.0
 WATCH_S = 5.0
 
 
-@dataclass(slots=True)
-class Chunk:
-    """The items of one chunk that must be sent, packed into Celery messages.
-
-    A message holds up to ``general.calls_per_message`` provider calls (each of up to the
-    provider's ``max_items_per_call`` items), made one after the other by one worker thread.
-    """
-
-    part: int
-    messages: list[list[dict[str, Any]]] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        """How many items go to the provider."""
-        return sum(len(message) for message in self.messages)
-
-
 class Dispatcher(Protocol):
     """How chunks leave the feeder: Celery in production (``pipeline.tasks``)."""
 
@@ -79,69 +61,6 @@ class Dispatcher(Protocol):
 
     def send_batch(self, run: RunState, number: int) -> None:
         """Have a written native batch uploaded and created."""
-
-
-def group_calls(
-    provider: type[Provider], messages: list[dict[str, Any]]
-) -> list[list[dict[str, Any]]]:
-    """Pack item messages into calls: same group key, at most the provider's items and bytes."""
-    calls: list[list[dict[str, Any]]] = []
-    open_calls: dict[Hashable, tuple[list[dict[str, Any]], int]] = {}
-    for message in messages:
-        key = provider.group_key(message["request"])
-        added = provider.payload_size(message["request"])
-        call, size = open_calls.get(key, (None, 0))
-        fits = (
-            call is not None
-            and len(call) < provider.max_items_per_call
-            and (provider.max_bytes_per_call is None or size + added <= provider.max_bytes_per_call)
-        )
-        if not fits:
-            call, size = [], 0
-            calls.append(call)
-        call.append(message)
-        open_calls[key] = (call, size + added)
-    return calls
-
-
-def build_chunk(
-    run: RunState,
-    part: int,
-    items: Iterable[Item],
-    config: TaskConfig,
-    already_recorded: set[str],
-) -> Chunk:
-    """Turn a chunk's items into call groups; invalid items get their failed record at once."""
-    name = run.provider
-    provider, section = provider_class(name), config.provider(name)
-    messages: list[dict[str, Any]] = []
-    invalid: list[tuple[int, dict[str, Any]]] = []
-    duplicates = run.duplicate_ids(
-        [(item.id, item.ordinal, item.place) for item in items if item.id != item.place]
-    )
-    for item in items:
-        first = duplicates.get(item.ordinal)
-        item_id = item.place if first is not None else item.id
-        if item_id in already_recorded:
-            continue
-        ref = ItemRef(item_id, item.input_file, item.index, item.ordinal)
-        if first is not None:
-            reason = f"duplicate custom_id {item.id!r}: item {first} has it"
-            invalid.append((item.ordinal, invalid_input(ref, name, reason)))
-            continue
-        if item.data is None:
-            invalid.append((item.ordinal, invalid_input(ref, name, item.error or "invalid")))
-            continue
-        try:
-            messages.append(ref.as_message(provider.build_request(item.data, section)))
-        except InvalidItem as error:
-            invalid.append((item.ordinal, invalid_input(ref, name, str(error))))
-    if invalid:
-        run.store_records(part, invalid)
-    calls = group_calls(provider, messages)
-    per_message = config.general.calls_per_message
-    packed = [calls[n : n + per_message] for n in range(0, len(calls), per_message)]
-    return Chunk(part, [[item for call in message for item in call] for message in packed])
 
 
 class Slice(Enum):
@@ -185,9 +104,9 @@ def _watch(run: RunState, dispatcher: Dispatcher) -> Slice:
     batch runs are not watched: their chunks are written when their batch is collected.
     """
     info = run.info()
-    if info.get("state") in FINAL_STATES or info.get("mode") == "batch":
+    if info.get("state") in FINAL_STATES or run.settings.mode == "batch":
         return Slice.DONE
-    assembler.rescue_parts(run)
+    assembler.rescue_chunks(run)
     if run.get("state") in FINAL_STATES:
         return Slice.DONE
     resend_lost(run, dispatcher, info)
@@ -208,99 +127,159 @@ def resend_lost(run: RunState, dispatcher: Dispatcher, info: dict[str, str]) -> 
     if info.get("watched_done") != done:
         run.set(watched_done=done, suspects="")
         return []
-    unfinished = run.parts_unfinished()
+    unfinished = run.chunks_unfinished()
     if not unfinished:
         return []
     present = chunks_in_broker(run.redis, run.run_id, (run.provider, CONTROL_QUEUE))
-    missing = [part for part in unfinished if part not in present]
-    suspects = {int(part) for part in (info.get("suspects") or "").split()}
-    lost = [part for part in missing if part in suspects]
-    run.set(suspects=" ".join(str(part) for part in missing if part not in suspects))
+    missing = [number for number in unfinished if number not in present]
+    suspects = {int(number) for number in (info.get("suspects") or "").split()}
+    lost = [number for number in missing if number in suspects]
+    run.set(suspects=" ".join(str(number) for number in missing if number not in suspects))
     if lost:
-        folder = TaskFolder(Path(info["task_path"]))
+        folder, settings = run.folder, run.settings
         config = folder.config()
-        limit = int(info["limit"]) if info.get("limit") else None
-        for part in lost:
-            start = run.part_start(part)
-            taken = islice(iter_items(folder.input_files(), start, limit), int(info["batch_size"]))
-            items = [item for item, _ in taken]
-            recorded = assembler.carry_over(folder, part, run)
-            dispatcher.send_chunk(run, build_chunk(run, part, items, config, recorded))
-            folder.log(f"run {run.run_id}: chunk {part} sent again, its messages were lost")
+        for number in lost:
+            taken = read_chunk(folder, run.chunk_start(number), settings.limit, settings.chunk_size)
+            dispatcher.send_chunk(run, _build(run, folder, config, number, taken))
+            folder.log(f"run {run.run_id}: chunk {number} sent again, its messages were lost")
     return lost
 
 
+@dataclass(frozen=True, slots=True)
+class _Next:
+    """The next chunk of the inputs: where its items begin, and where the one after begins."""
+
+    number: int
+    start: Cursor
+    items: list[tuple[Item, Cursor]]
+
+    @property
+    def resume(self) -> tuple[Cursor, int]:
+        """The feeder's position once this chunk is dispatched."""
+        return self.items[-1][1], self.number + 1
+
+
+@dataclass(slots=True)
+class _Feeding:
+    """One slice's feeding of a run: the chunks from the saved cursor, until the deadline."""
+
+    run: RunState
+    dispatcher: Dispatcher
+    lock: Any
+    deadline: float
+    folder: TaskFolder
+    config: TaskConfig
+    chunks_read: int = 0
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the slice has had its time."""
+        return time.monotonic() > self.deadline
+
+    def chunks(self) -> Iterator[_Next]:
+        """The chunks left to dispatch, in order; the feed lock is renewed before each."""
+        settings = self.run.settings
+        start, number = self.run.cursor(), self.run.next_chunk()
+        stream = iter_items(self.folder.input_files(), start, settings.limit)
+        while True:
+            self.lock.reacquire()
+            taken = list(islice(stream, settings.chunk_size))
+            if not taken:
+                self.chunks_read = number
+                return
+            yield _Next(number, start, taken)
+            start, number = taken[-1][1], number + 1
+
+    def build(self, upcoming: _Next) -> Chunk:
+        """The chunk's messages, without the items an earlier run recorded."""
+        return _build(self.run, self.folder, self.config, upcoming.number, upcoming.items)
+
+    def inputs_ended(self) -> None:
+        """Every chunk is dispatched: the run ends when the last one lands."""
+        self.run.set(exhausted=1, chunks_total=self.chunks_read)
+        assembler.finish_if_complete(self.run)
+
+
+def _build(
+    run: RunState,
+    folder: TaskFolder,
+    config: TaskConfig,
+    number: int,
+    items: list[tuple[Item, Cursor]],
+) -> Chunk:
+    recorded = carry_over(folder, number, run)
+    return build_chunk(run, number, [item for item, _ in items], config, recorded)
+
+
 def _feed(run: RunState, dispatcher: Dispatcher, lock: Any, deadline: float) -> bool:
-    info = run.info()
-    if info.get("exhausted") == "1" or run.cancelled:
+    """Feed the run until the deadline; True when there is more to feed."""
+    if run.get("exhausted") == "1" or run.cancelled:
         return False
-    folder = TaskFolder(Path(info["task_path"]))
+    folder = run.folder
     config = folder.config()
-    batch_size, window_parts = int(info["batch_size"]), int(info["window_parts"])
-    limit = int(info["limit"]) if info.get("limit") else None
-    if info.get("state") == "queued":
+    if run.get("state") == "queued":
         _load_file_cache(run, folder, config)
-        run.set(state="running")
-        folder.update_status(state="running")
-    writer = _batch_writer(run, folder, config, info)
-    start = run.cursor()
-    stream = iter_items(folder.input_files(), start, limit)
-    part = run.next_part()
-    while True:
-        if run.cancelled:
-            return False
-        lock.reacquire()
-        out_of_time = time.monotonic() > deadline
-        if writer is None and run.parts_in_flight() >= window_parts:
-            if out_of_time:
+        run.enter("running")
+    feeding = _Feeding(run, dispatcher, lock, deadline, folder, config)
+    return (_feed_batches if run.settings.mode == "batch" else _feed_live)(feeding)
+
+
+def _feed_live(feeding: _Feeding) -> bool:
+    """Send each chunk as a chord, while fewer than ``window_chunks`` are in flight."""
+    run = feeding.run
+    for upcoming in feeding.chunks():
+        while run.chunks_in_flight() >= run.settings.window_chunks:
+            if run.cancelled:
+                return False
+            if feeding.out_of_time:
                 return True
             time.sleep(POLL_S)
-            continue
-        if writer is not None and out_of_time:
-            _send_closed(run, dispatcher, writer.close())
-            return True
-        taken = list(islice(stream, batch_size))
-        if not taken:
-            if writer is not None:
-                _send_closed(run, dispatcher, writer.close())
-                run.set(state="batch_submitted")
-                folder.update_status(state="batch_submitted")
-            run.set(exhausted=1, parts_total=part)
-            assembler.finish_if_complete(run)
+            feeding.lock.reacquire()
+        if run.cancelled:
             return False
-        resume = (taken[-1][1], part + 1)
-        if writer is not None or not run.is_dispatched(part):
-            items = [item for item, _ in taken]
-            recorded = assembler.carry_over(folder, part, run)
-            chunk = build_chunk(run, part, items, config, recorded)
-            messages = [item for message in chunk.messages for item in message]
-            if writer is None:
-                dispatcher.send_chunk(run, chunk)
-            elif not messages:
-                dispatcher.send_chunk(run, Chunk(part))
-                writer.skip(resume)
-            else:
-                _send_closed(run, dispatcher, writer.add(part, messages, resume))
+        if not run.is_dispatched(upcoming.number):
+            feeding.dispatcher.send_chunk(run, feeding.build(upcoming))
             # marked after sending: a feeder killed in between sends the chunk again; its
             # items are called once all the same (the workers' claims and records)
-            run.mark_dispatched(part, start)
-        if writer is None:
-            run.advance(*resume)
-        start = resume[0]
-        part += 1
+            run.mark_dispatched(upcoming.number, upcoming.start)
+        run.advance(*upcoming.resume)
+    feeding.inputs_ended()
+    return False
 
 
-def _batch_writer(
-    run: RunState, folder: TaskFolder, config: TaskConfig, info: dict[str, str]
-) -> BatchWriter | None:
-    """A writer of native batch files when the run is in batch mode."""
-    if info.get("mode") != "batch":
-        return None
-    name = run.provider
-    section = config.provider(name)
-    provider = provider_class(name)(section, None)
-    batch_size = int(info["batch_size"])
-    per_batch = max(1, MAX_REQUESTS // batch_size) if section.batch.combine_batches else 1
+def _feed_batches(feeding: _Feeding) -> bool:
+    """Write each chunk's requests into native batch files; each closed file is submitted.
+
+    The cursor is saved with each batch file's close (``BatchWriter``): a feeder killed with a
+    file half written feeds its chunks again, into a new batch.
+    """
+    run, dispatcher = feeding.run, feeding.dispatcher
+    writer = _batch_writer(run, feeding.folder, feeding.config)
+    for upcoming in feeding.chunks():
+        if run.cancelled:
+            return False
+        if feeding.out_of_time:
+            _send_closed(run, dispatcher, writer.close())
+            return True
+        items = feeding.build(upcoming).items
+        if items:
+            _send_closed(run, dispatcher, writer.add(upcoming.number, items, upcoming.resume))
+        else:
+            dispatcher.send_chunk(run, Chunk(upcoming.number))
+            writer.skip(upcoming.resume)
+        run.mark_dispatched(upcoming.number, upcoming.start)
+    _send_closed(run, dispatcher, writer.close())
+    run.enter("batch_submitted")
+    feeding.inputs_ended()
+    return False
+
+
+def _batch_writer(run: RunState, folder: TaskFolder, config: TaskConfig) -> BatchWriter:
+    """The writer of the run's native batch files."""
+    section = config.provider(run.provider)
+    provider = provider_class(run.provider)(section, None)
+    chunk_size = run.settings.chunk_size
+    per_batch = max(1, MAX_REQUESTS // chunk_size) if section.batch.combine_batches else 1
     return BatchWriter(run, folder, provider, per_batch)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import redis
@@ -23,6 +25,8 @@ from mitrailleuse import keys
 from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import ALIVE_PREFIX
 from mitrailleuse.ratelimit import Claims
+from mitrailleuse.records import Mode
+from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, TaskState
 
 #: Count fields of the run hash, as in ``status.json``.
 COUNT_FIELDS = ("done", "succeeded", "failed", "cached")
@@ -49,6 +53,14 @@ def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return counts
 
 
+@dataclass(slots=True)
+class HeldClaims:
+    """The claim keys a call holds; ``settled`` once its records were stored with their release."""
+
+    keys: list[str]
+    settled: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class CallGate:
     """What a worker checks before calling the provider for a group of items."""
@@ -57,6 +69,9 @@ class CallGate:
     cancelled: bool
     halted_reason: str | None
 
+
+#: How long one change of ``status.json`` may hold the run's status lock.
+STATUS_LOCK_S = 10.0
 
 #: How long a worker keeps retrying Redis while it restarts, before a task gives up.
 REDIS_OUTAGE_S = 60.0
@@ -78,6 +93,47 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What a run was submitted with: written once, never changed, read once per process."""
+
+    provider: str
+    task_path: Path
+    mode: Mode
+    #: Items in the run (after sampling).
+    total: int
+    #: Items a chunk holds (``<provider>.batch.batch_size``).
+    chunk_size: int
+    #: How many chunks may be in flight (``general.max_items_in_flight`` in chunks).
+    window_chunks: int
+    #: ``general.sampling``'s sample size, when sampling is on.
+    limit: int | None
+    #: The first native batch number of this run (they go on from the task's earlier runs).
+    batch_base: int
+
+    def fields(self) -> dict[str, Any]:
+        """The settings as run hash fields."""
+        return {
+            **{name: getattr(self, name) for name in self.__slots__},
+            "task_path": str(self.task_path),
+            "limit": "" if self.limit is None else self.limit,
+        }
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> RunSettings:
+        """The settings from the run hash fields."""
+        return cls(
+            provider=fields["provider"],
+            task_path=Path(fields["task_path"]),
+            mode=cast(Mode, fields["mode"]),
+            total=int(fields["total"]),
+            chunk_size=int(fields["chunk_size"]),
+            window_chunks=int(fields["window_chunks"]),
+            limit=int(fields["limit"]) if fields["limit"] else None,
+            batch_base=int(fields["batch_base"]),
+        )
+
+
 class RunState:
     """The Redis side of one run."""
 
@@ -86,12 +142,34 @@ class RunState:
         self.run_id = run_id
         self.key = keys.run(run_id)
 
-    def create(self, fields: dict[str, Any], config_json: bytes) -> None:
+    def create(self, settings: RunSettings, config_json: bytes) -> None:
         """Record a new run's settings and its config (keys only as references)."""
+        fields = {**settings.fields(), "state": "queued", "created_at": time.time()}
         pipe = self.redis.pipeline()
-        pipe.hset(self.key, mapping={**fields, "state": "queued", "created_at": time.time()})
+        pipe.hset(self.key, mapping=fields)
         pipe.set(keys.run_config(self.run_id), config_json)
         pipe.execute()
+
+    @cached_property
+    def settings(self) -> RunSettings:
+        """The run's settings; :class:`LookupError` when Redis no longer knows the run."""
+        names = list(RunSettings.__slots__)
+        values = self.redis.hmget(self.key, names)
+        if values[0] is None:
+            raise LookupError(f"run {self.run_id} is not in Redis")
+        return RunSettings.parse(
+            {name: value.decode() for name, value in zip(names, values, strict=True)}
+        )
+
+    @property
+    def folder(self) -> TaskFolder:
+        """The run's task folder."""
+        return TaskFolder(self.settings.task_path)
+
+    @property
+    def provider(self) -> str:
+        """The provider the run was submitted for."""
+        return self.settings.provider
 
     def exists(self) -> bool:
         """Whether Redis still knows this run."""
@@ -111,10 +189,34 @@ class RunState:
         """Set fields of the run hash."""
         self.redis.hset(self.key, mapping=fields)
 
-    @property
-    def provider(self) -> Any:
-        """The provider the run was submitted for."""
-        return self.get("provider")
+    def enter(self, state: TaskState, **changes: Any) -> bool:
+        """Move the run to a new lifecycle state: in Redis and ``status.json`` together.
+
+        The one way a run's state changes (``running``, ``batch_submitted``, its final state).
+        False, and nothing written, once the run has ended: a late writer never undoes the end.
+        """
+        with self._status_lock():
+            if self.get("state") in FINAL_STATES:
+                return False
+            self.folder.update_status(state=state, **changes)
+            self.set(state=state)
+            return True
+
+    def show(self, **changes: Any) -> None:
+        """Change what ``status.json`` shows of the run, unless the run has ended."""
+        with self._status_lock():
+            if self.get("state") not in FINAL_STATES:
+                self.folder.update_status(**changes)
+
+    def show_counts(self) -> None:
+        """Bring the counts in ``status.json`` up to date (read under the lock: never backwards)."""
+        with self._status_lock():
+            if self.get("state") not in FINAL_STATES:
+                self.folder.update_status(counts=Counts(**self.counts()))
+
+    def _status_lock(self) -> Any:
+        """One writer of ``status.json`` at a time, across the fleet."""
+        return self.redis.lock(keys.status_lock(self.run_id), timeout=STATUS_LOCK_S)
 
     def config_json(self) -> bytes:
         """The run's config, as saved at submission."""
@@ -163,21 +265,17 @@ class RunState:
         raw = self.redis.hget(self.key, "cursor")
         return Cursor(**orjson.loads(raw)) if raw else Cursor()
 
-    def advance(self, cursor: Cursor, next_part: int, pipe: Any = None) -> None:
+    def advance(self, cursor: Cursor, next_chunk: int, pipe: Any = None) -> None:
         """Save the feeder's position after a chunk was dispatched (in ``pipe``, if given)."""
         (pipe or self.redis).hset(
-            self.key, mapping={"cursor": _cursor_json(cursor), "next_part": next_part}
+            self.key, mapping={"cursor": _cursor_json(cursor), "next_part": next_chunk}
         )
 
     def next_batch_number(self) -> int:
         """A new native batch number, unique in the task folder across runs."""
-        return int(self.get("batch_base") or 0) + self.redis.hincrby(self.key, "batches", 1) - 1
+        return self.settings.batch_base + self.redis.hincrby(self.key, "batches", 1) - 1
 
-    def part_of(self, ordinal: int) -> int:
-        """The chunk an item belongs to."""
-        return ordinal // int(self.get("batch_size") or 1)
-
-    def next_part(self) -> int:
+    def next_chunk(self) -> int:
         """The number of the next chunk to dispatch."""
         return int(self.get("next_part") or 0)
 
@@ -191,21 +289,21 @@ class RunState:
         """Whether ``token`` names the run's current feed chain."""
         return self.get("feeder") == token
 
-    def mark_dispatched(self, part: int, start: Cursor) -> None:
+    def mark_dispatched(self, chunk: int, start: Cursor) -> None:
         """Chunk ``part`` has been sent; its items begin at ``start`` (to send it again)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.setbit(keys.parts_dispatched(self.run_id), part, 1)
-        pipe.hset(keys.part_starts(self.run_id), part, _cursor_json(start))
+        pipe.setbit(keys.chunks_dispatched(self.run_id), chunk, 1)
+        pipe.hset(keys.chunk_starts(self.run_id), chunk, _cursor_json(start))
         pipe.execute()
 
-    def part_start(self, part: int) -> Cursor:
+    def chunk_start(self, chunk: int) -> Cursor:
         """Where chunk ``part``'s items begin in the inputs."""
-        raw = self.redis.hget(keys.part_starts(self.run_id), part)
+        raw = self.redis.hget(keys.chunk_starts(self.run_id), chunk)
         return Cursor(**orjson.loads(raw)) if raw else Cursor()
 
-    def is_dispatched(self, part: int) -> bool:
+    def is_dispatched(self, chunk: int) -> bool:
         """Whether chunk ``part`` was sent (by a feeder that died before saving its cursor)."""
-        return bool(self.redis.getbit(keys.parts_dispatched(self.run_id), part))
+        return bool(self.redis.getbit(keys.chunks_dispatched(self.run_id), chunk))
 
     def duplicate_ids(self, items: list[tuple[str, int, str]]) -> dict[int, str]:
         """Claim each ``(custom_id, ordinal, place)``; ordinals whose id an earlier item holds.
@@ -231,28 +329,28 @@ class RunState:
                 duplicates[ordinal] = place
         return duplicates
 
-    def carry(self, part: int, records: list[dict[str, Any]]) -> None:
+    def carry(self, chunk: int, records: list[dict[str, Any]]) -> None:
         """Count a chunk's records found on disk into this run, once however often it is fed."""
-        if self.redis.hsetnx(keys.parts_carried(self.run_id), part, len(records)):
+        if self.redis.hsetnx(keys.chunks_carried(self.run_id), chunk, len(records)):
             self.add_counts(record_counts(records))
 
-    def mark_done(self, part: int) -> bool:
+    def mark_done(self, chunk: int) -> bool:
         """Chunk ``part`` is on disk; False if it already was (a redelivered callback)."""
-        return self.redis.setbit(keys.parts_done(self.run_id), part, 1) == 0
+        return self.redis.setbit(keys.chunks_done(self.run_id), chunk, 1) == 0
 
-    def parts_in_flight(self) -> int:
+    def chunks_in_flight(self) -> int:
         """Chunks sent whose records are not on disk yet."""
         pipe = self.redis.pipeline()
-        pipe.bitcount(keys.parts_dispatched(self.run_id))
-        pipe.bitcount(keys.parts_done(self.run_id))
+        pipe.bitcount(keys.chunks_dispatched(self.run_id))
+        pipe.bitcount(keys.chunks_done(self.run_id))
         dispatched, done = pipe.execute()
         return dispatched - done
 
-    def parts_unfinished(self) -> list[int]:
+    def chunks_unfinished(self) -> list[int]:
         """Chunks sent whose records are not on disk, by number."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(keys.parts_dispatched(self.run_id))
-        pipe.get(keys.parts_done(self.run_id))
+        pipe.get(keys.chunks_dispatched(self.run_id))
+        pipe.get(keys.chunks_done(self.run_id))
         dispatched, done = (value or b"" for value in pipe.execute())
         done = done.ljust(len(dispatched), b"\0")
         return [
@@ -263,30 +361,30 @@ class RunState:
             if (sent & ~landed) & (0x80 >> bit)
         ]
 
-    def records_in(self, parts: list[int]) -> list[int]:
+    def records_in(self, chunks: list[int]) -> list[int]:
         """How many records each chunk has, in Redis and carried over from disk."""
-        if not parts:
+        if not chunks:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for part in parts:
-            pipe.hlen(keys.part_records(self.run_id, part))
-        pipe.hmget(keys.parts_carried(self.run_id), parts)
+        for chunk in chunks:
+            pipe.hlen(keys.chunk_records(self.run_id, chunk))
+        pipe.hmget(keys.chunks_carried(self.run_id), chunks)
         *held, carried = pipe.execute()
         return [count + int(c or 0) for count, c in zip(held, carried, strict=True)]
 
-    def parts_done(self) -> int:
+    def chunks_done(self) -> int:
         """How many chunks are on disk."""
-        return self.redis.bitcount(keys.parts_done(self.run_id))
+        return self.redis.bitcount(keys.chunks_done(self.run_id))
 
-    def before_call(self, part: int, ordinals: list[int]) -> CallGate:
+    def before_call(self, chunk: int, ordinals: list[int]) -> CallGate:
         """In one round trip: which items already have a record, and may the run call at all.
 
         Every item of a chunk already on disk has its record there, not in Redis: a message
         delivered again after its chunk was written must not call.
         """
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.part_records(self.run_id, part), ordinals)
-        pipe.getbit(keys.parts_done(self.run_id), part)
+        pipe.hmget(keys.chunk_records(self.run_id, chunk), ordinals)
+        pipe.getbit(keys.chunks_done(self.run_id), chunk)
         pipe.hmget(self.key, ["cancelled", "halted"])
         values, on_disk, (cancelled, halted) = pipe.execute()
         return CallGate(
@@ -298,7 +396,7 @@ class RunState:
         )
 
     def claims(
-        self, part: int, ordinals: list[int], holder: str, request_hashes: list[str] | None
+        self, chunk: int, ordinals: list[int], holder: str, request_hashes: list[str] | None
     ) -> Claims:
         """The claims of a call on items of chunk ``part`` (and on their requests, when cached).
 
@@ -313,42 +411,49 @@ class RunState:
         return Claims(
             keys=[
                 self.key,
-                keys.part_records(run_id, part),
-                keys.parts_done(run_id),
+                keys.chunk_records(run_id, chunk),
+                keys.chunks_done(run_id),
                 *item_keys,
                 *(key for pair in request_keys for key in pair),
             ],
-            args=[part, holder, ALIVE_PREFIX, *ordinals],
+            args=[chunk, holder, ALIVE_PREFIX, *ordinals],
             held=[
                 (item, *(request_keys[n][:1] if request_keys else ()))
                 for n, item in enumerate(item_keys)
             ],
         )
 
-    def release_claims(self, held: list[str]) -> None:
-        """Free claims without a record (the call failed, or is asked again later)."""
-        if held:
-            self.redis.delete(*held)
+    @contextmanager
+    def holding(self, keys_held: list[str]) -> Iterator[HeldClaims]:
+        """A call's claims, freed when it is over, unless its records took them with them."""
+        held = HeldClaims(keys_held)
+        try:
+            yield held
+        finally:
+            if not held.settled and held.keys:
+                self.redis.delete(*held.keys)
 
     def store_records(
         self,
-        part: int,
+        chunk: int,
         records: Iterable[tuple[int, dict[str, Any]]],
-        release: list[str] | None = None,
+        release: HeldClaims | None = None,
     ) -> int:
         """Store each item's record once; count only those stored first. Returns how many.
 
         The call's claims (``release``) are freed in the same round trip, after the records:
         a copy of the message then finds the records, never a free item.
         """
-        key = keys.part_records(self.run_id, part)
+        key = keys.chunk_records(self.run_id, chunk)
         records = list(records)
         pipe = self.redis.pipeline(transaction=False)
         for ordinal, record in records:
             pipe.hsetnx(key, ordinal, orjson.dumps(record))
-        if release:
-            pipe.delete(*release)
+        if release is not None and release.keys:
+            pipe.delete(*release.keys)
         stored = pipe.execute()[: len(records)]
+        if release is not None:
+            release.settled = True
         new = [record for (_, record), is_new in zip(records, stored, strict=True) if is_new]
         self.add_counts(record_counts(new))
         return len(new)
@@ -367,14 +472,14 @@ class RunState:
         pipe.publish(keys.events(self.run_id), b"progress")
         pipe.execute()
 
-    def part_records(self, part: int) -> list[dict[str, Any]]:
+    def chunk_records(self, chunk: int) -> list[dict[str, Any]]:
         """The records of a chunk held in Redis, in input order."""
-        raw = self.redis.hgetall(keys.part_records(self.run_id, part))
+        raw = self.redis.hgetall(keys.chunk_records(self.run_id, chunk))
         return [orjson.loads(raw[k]) for k in sorted(raw, key=int)]
 
-    def drop_part_records(self, part: int) -> None:
+    def drop_chunk_records(self, chunk: int) -> None:
         """Forget a chunk's records once they are on disk."""
-        self.redis.delete(keys.part_records(self.run_id, part))
+        self.redis.delete(keys.chunk_records(self.run_id, chunk))
 
     def retire(self) -> None:
         """Let a finished run's keys expire."""

@@ -25,8 +25,9 @@ from mitrailleuse.errors import ConfigError, InputError
 from mitrailleuse.inputs import count_items
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
-from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.pipeline.run_state import RunSettings, RunState
 from mitrailleuse.providers import provider_class
+from mitrailleuse.records import Mode
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, now
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,28 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
             return previous
         _drain(previous)
     config = folder.config()
+    settings = _settings(folder, config)
+    run = RunState(client, uuid.uuid4().hex)
+    run.create(settings, orjson.dumps(config.model_dump(mode="json")))
+    run.show(
+        state="queued",
+        run_id=run.run_id,
+        mode=settings.mode,
+        counts=Counts(total=settings.total),
+        started_at=now(),
+        finished_at=None,
+        message=None,
+    )
+    start_feeding(run)
+    folder.log(
+        f"run {run.run_id} submitted: {settings.total} items, {settings.mode} mode,"
+        f" {settings.provider}"
+    )
+    return run
+
+
+def _settings(folder: TaskFolder, config: TaskConfig) -> RunSettings:
+    """A new run's settings; refused (one-line error) before anything is sent."""
     provider = folder.provider
     section = config.provider(provider)
     sampling = config.general.sampling
@@ -63,7 +86,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     total = count_items(folder.input_files(), limit)
     if total == 0:
         raise InputError(f"{folder.inputs_dir}: no items to send")
-    batch_size = section.batch.batch_size
+    chunk_size = section.batch.batch_size
     mode = _mode(provider, section.batch.is_batch_active)
     _check_priced(config, provider)
     if mode == "batch" and config.general.cost_limit_usd is not None:
@@ -73,32 +96,16 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
         )
         log.warning(warning)
         folder.log(warning)
-    run = RunState(client, uuid.uuid4().hex)
-    run.create(
-        {
-            "task_path": str(folder.path.resolve()),
-            "provider": provider,
-            "mode": mode,
-            "total": total,
-            "batch_size": batch_size,
-            "window_parts": max(1, math.ceil(config.general.max_items_in_flight / batch_size)),
-            "limit": limit or "",
-            "batch_base": _next_batch_number(folder),
-        },
-        orjson.dumps(config.model_dump(mode="json")),
-    )
-    folder.update_status(
-        state="queued",
-        run_id=run.run_id,
+    return RunSettings(
+        provider=provider,
+        task_path=folder.path.resolve(),
         mode=mode,
-        counts=Counts(total=total),
-        started_at=now(),
-        finished_at=None,
-        message=None,
+        total=total,
+        chunk_size=chunk_size,
+        window_chunks=max(1, math.ceil(config.general.max_items_in_flight / chunk_size)),
+        limit=limit,
+        batch_base=_next_batch_number(folder),
     )
-    start_feeding(run)
-    folder.log(f"run {run.run_id} submitted: {total} items, {mode} mode, {provider}")
-    return run
 
 
 def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
@@ -107,9 +114,9 @@ def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
     if run is None or run.get("state") in FINAL_STATES:
         return run
     run.cancel()
-    folder.update_status(state="cancelled", counts=Counts(**run.counts()))
+    run.show(state="cancelled", counts=Counts(**run.counts()))
     folder.log(f"run {run.run_id} cancelled: no new call starts; in-flight calls finish")
-    if run.get("mode") == "batch":
+    if run.settings.mode == "batch":
         from mitrailleuse.pipeline.tasks import cancel_native_batches
 
         cancel_native_batches.apply_async((run.run_id,), queue=CONTROL_QUEUE)
@@ -117,7 +124,7 @@ def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
     return run
 
 
-def _mode(provider: str, batch_wanted: bool) -> str:
+def _mode(provider: str, batch_wanted: bool) -> Mode:
     """``batch`` when asked for and the provider has a native batch API, else ``realtime``."""
     if not batch_wanted:
         return "realtime"
@@ -147,5 +154,5 @@ def _next_batch_number(folder: TaskFolder) -> int:
 def _drain(run: RunState) -> None:
     """Wait until a cancelled run has no chunk in flight, so its items are not sent twice."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while run.parts_in_flight() > 0 and time.monotonic() < deadline:
+    while run.chunks_in_flight() > 0 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,14 +1,13 @@
 """The Celery tasks: each a few lines over the feeder, the caller or the assembler.
 
 ``call`` runs on a provider queue and talks only to Redis and the provider; ``feed``,
-``assemble_part`` and ``finish`` run on the control queue and read and write the tasks dir.
+``assemble_chunk`` and ``finish`` run on the control queue and read and write the tasks dir.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from celery import Task, chord
@@ -20,10 +19,11 @@ from mitrailleuse.batch.submit import submit as batch_submit
 from mitrailleuse.errors import MitrailleuseError
 from mitrailleuse.pipeline import assembler, feeder
 from mitrailleuse.pipeline.app import app
-from mitrailleuse.pipeline.caller import call_group, context_for
+from mitrailleuse.pipeline.caller import call_message, context_for
+from mitrailleuse.pipeline.chunks import Chunk
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+from mitrailleuse.pipeline.retries import count_attempts, countdown_s
 from mitrailleuse.pipeline.run_state import RunState, redis_client
-from mitrailleuse.taskfolder import TaskFolder
 
 
 def run_state(run_id: str) -> RunState:
@@ -48,33 +48,19 @@ def kept_if_unpublished() -> Iterator[None]:
 
 
 @app.task(name="mitrailleuse.call", bind=True, max_retries=None)
-def call(self: Task, run_id: str, part: int, items: list[dict[str, Any]]) -> int:
+def call(self: Task, run_id: str, chunk: int, items: list[dict[str, Any]]) -> int:
     """Call the provider for a message's items; retry later when the outcome asks for it."""
-    outcome = call_group(run_state(run_id), part, items)
+    outcome = call_message(run_state(run_id), chunk, items)
     if outcome.retry_in_s is not None:
-        items = [
-            {**item, "attempt": item.get("attempt", 1) + 1}
-            if item["ordinal"] in outcome.attempted
-            else item
-            for item in items
-        ]
+        visibility_timeout_s = app.conf.broker_transport_options["visibility_timeout"]
         with kept_if_unpublished():
             raise self.retry(
-                args=(run_id, part, items),
-                countdown=min(outcome.retry_in_s, max_countdown_s()),
+                args=(run_id, chunk, count_attempts(items, outcome.attempted)),
+                countdown=countdown_s(outcome.retry_in_s, visibility_timeout_s),
                 argsrepr=self.request.argsrepr,  # monitoring shows ids, never the requests
                 kwargsrepr=self.request.kwargsrepr,
             )
     return outcome.stored
-
-
-def max_countdown_s() -> float:
-    """The longest a retry may wait.
-
-    A message held past the visibility timeout is delivered again, so a longer wait is cut
-    short, and the woken task asks the limiter again.
-    """
-    return app.conf.broker_transport_options["visibility_timeout"] / 2
 
 
 @app.task(name="mitrailleuse.feed", ignore_result=True)
@@ -98,11 +84,11 @@ def start_feeding(run: RunState) -> None:
     feed.apply_async((run.run_id, run.new_feeder()), queue=CONTROL_QUEUE)
 
 
-@app.task(name="mitrailleuse.assemble_part", ignore_result=True)
-def assemble_part(run_id: str, part: int) -> None:
+@app.task(name="mitrailleuse.assemble_chunk", ignore_result=True)
+def assemble_chunk(run_id: str, chunk: int) -> None:
     """Chord callback: write the chunk's records to disk; assemble the run after the last."""
     run = run_state(run_id)
-    assembler.write_part(run, part)
+    assembler.write_chunk(run, chunk)
     assembler.finish_if_complete(run)
 
 
@@ -112,10 +98,9 @@ def submit_native_batch(run_id: str, number: int) -> None:
     run = run_state(run_id)
     context = context_for(run)
     section = context.config.provider(run.provider)
-    folder = TaskFolder(Path(run.get("task_path") or ""))
     batch_submit(
         run.redis,
-        folder,
+        run.folder,
         number,
         context.provider.client,
         section.batch.completion_window,
@@ -133,21 +118,21 @@ def poll_native_batches() -> int:
 def cancel_native_batches(run_id: str) -> int:
     """Ask the provider to cancel a cancelled run's batches."""
     run = run_state(run_id)
-    return cancel_all(run, TaskFolder(Path(run.get("task_path") or "")))
+    return cancel_all(run, run.folder)
 
 
 class CeleryDispatcher:
     """Sends the feeder's chunks and batches as Celery messages."""
 
-    def send_chunk(self, run: RunState, chunk: feeder.Chunk) -> None:
+    def send_chunk(self, run: RunState, chunk: Chunk) -> None:
         """A chord of one ``call`` per message, whose callback writes the chunk."""
-        callback = assemble_part.si(run.run_id, chunk.part).set(queue=CONTROL_QUEUE)
+        callback = assemble_chunk.si(run.run_id, chunk.number).set(queue=CONTROL_QUEUE)
         if not chunk.messages:
             callback.apply_async()
             return
         provider = run.provider
         header = [
-            call.si(run.run_id, chunk.part, items).set(
+            call.si(run.run_id, chunk.number, items).set(
                 queue=provider,
                 argsrepr=describe(run.run_id, provider, items),
                 kwargsrepr="{}",

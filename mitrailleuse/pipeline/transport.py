@@ -87,7 +87,7 @@ class Transport(kombu_redis.Transport):
 
 
 #: The tasks whose messages name a chunk (``args`` begin ``run_id, part``).
-CHUNK_TASKS = frozenset({"mitrailleuse.call", "mitrailleuse.assemble_part"})
+CHUNK_TASKS = frozenset({"mitrailleuse.call", "mitrailleuse.assemble_chunk"})
 
 
 def chunks_in_broker(client: redis.Redis, run_id: str, queues: tuple[str, ...]) -> set[int]:
@@ -105,7 +105,7 @@ def chunks_in_broker(client: redis.Redis, run_id: str, queues: tuple[str, ...]) 
     needle = run_id.encode()
     payloads = [raw for batch in waiting for raw in batch if needle in raw]
     payloads += [raw for raw in unacked if needle in raw]
-    parts = set()
+    chunks = set()
     for raw in payloads:
         payload = orjson.loads(raw)
         if isinstance(payload, list):  # an unacknowledged one: [payload, exchange, routing key]
@@ -114,8 +114,8 @@ def chunks_in_broker(client: redis.Redis, run_id: str, queues: tuple[str, ...]) 
             continue
         args = orjson.loads(base64.b64decode(payload["body"]))[0]
         if args[0] == run_id:
-            parts.add(int(args[1]))
-    return parts
+            chunks.add(int(args[1]))
+    return chunks
 
 
 def restore_orphans(channel: Channel, heartbeat: liveness.Heartbeat) -> int:

@@ -142,19 +142,12 @@ class DeepLProvider(Provider):
                 f"no API key for deepl: set {self.key_variables[0]} where the workers run",
             )
         first = payloads[0]
-        options = {
-            "formality": self.config.formality,
-            "glossary": self.config.glossary_id,
-            "context": self.config.context,
-            "preserve_formatting": self.config.preserve_formatting,
-            "tag_handling": self.config.tag_handling,
-        }
         try:
             results = self.translator.translate_text(
                 [p["text"] for p in payloads],
                 target_lang=first["target_lang"],
                 source_lang=first["source_lang"],
-                **{k: v for k, v in options.items() if v is not None},
+                **self._options(),
             )
         except deepl.DeepLException as error:
             raise self.classify(error) from None
@@ -169,19 +162,19 @@ class DeepLProvider(Provider):
                 f"{len(results)} translations for {len(payloads)} texts",
             )
         return CallResult(
-            [
-                Answer(
-                    output=result.text,
-                    response={
-                        "text": result.text,
-                        "detected_source_language": result.detected_source_lang,
-                        "billed_characters": result.billed_characters,
-                    },
-                    usage={"characters": result.billed_characters or len(payload["text"])},
-                )
-                for result, payload in zip(results, payloads, strict=True)
-            ]
+            [_answer(result, payload) for result, payload in zip(results, payloads, strict=True)]
         )
+
+    def _options(self) -> dict[str, Any]:
+        """The configured translation options the SDK is given (those that are set)."""
+        options = {
+            "formality": self.config.formality,
+            "glossary": self.config.glossary_id,
+            "context": self.config.context,
+            "preserve_formatting": self.config.preserve_formatting,
+            "tag_handling": self.config.tag_handling,
+        }
+        return {name: value for name, value in options.items() if value is not None}
 
     def classify(self, error: deepl.DeepLException) -> ProviderError:
         """Sort an SDK error: 456 stops the run's DeepL items, 429/5xx/network retry."""
@@ -203,3 +196,16 @@ class DeepLProvider(Provider):
         """Close the SDK's session."""
         if self.translator is not None:
             self.translator.close()
+
+
+def _answer(result: deepl.TextResult, payload: Mapping[str, Any]) -> Answer:
+    """One text's translation; characters billed (the text's length when DeepL does not say)."""
+    return Answer(
+        output=result.text,
+        response={
+            "text": result.text,
+            "detected_source_language": result.detected_source_lang,
+            "billed_characters": result.billed_characters,
+        },
+        usage={"characters": result.billed_characters or len(payload["text"])},
+    )

@@ -24,7 +24,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,13 @@ class Grant:
     lease_id: str
     tokens: int
     items: tuple[ItemState, ...] = ()
+
+
+@dataclass(slots=True)
+class TokenUse:
+    """The tokens a granted call used, when its response says (the grant's estimate is fixed)."""
+
+    tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,15 @@ class RedisLimiter:
             ],
             args=[grant.lease_id, self.limits.tokens_per_minute or 0, delta],
         )
+
+    @contextmanager
+    def leased(self, grant: Grant) -> Iterator[TokenUse]:
+        """The call's lease, ended when the call is over; set the tokens it used, if known."""
+        use = TokenUse()
+        try:
+            yield use
+        finally:
+            self.release(grant, use.tokens)
 
     def pause(self, seconds: float) -> None:
         """Stop the whole fleet's calls to this provider and model for ``seconds``."""

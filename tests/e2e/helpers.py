@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from mitrailleuse.pipeline.assembler import read_records
+from mitrailleuse.records import read_records
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -14,7 +14,7 @@ import redis
 
 from mitrailleuse import keys
 from mitrailleuse.inputs import iter_items
-from mitrailleuse.pipeline.feeder import build_chunk
+from mitrailleuse.pipeline.chunks import build_chunk
 from mitrailleuse.pipeline.tasks import call, run_state
 from tests.e2e.helpers import new_task, questions, results, sent_twice
 

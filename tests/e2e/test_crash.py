@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mitrailleuse.inputs import iter_items
-from mitrailleuse.pipeline.feeder import build_chunk
+from mitrailleuse.pipeline.chunks import build_chunk
 from mitrailleuse.pipeline.tasks import call, run_state
 from tests.e2e.helpers import new_task, questions, results, sent_twice, wait_done
 
@@ -91,7 +91,7 @@ def test_a_message_delivered_after_its_chunk_is_written_calls_nothing(
     stored = call.apply_async((run.run_id, 0, chunk.messages[0]), queue="openai").get(timeout=30)
     assert stored == 0
     assert sim.stats()["chat_requests"] == calls, "a written chunk's items were called again"
-    assert state.part_records(0) == []
+    assert state.chunk_records(0) == []
     assert run.progress().done == 10
 
 

@@ -81,7 +81,7 @@ def test_flower_lists_the_run_with_ids_and_no_key_or_prompt(
     assert sorted(t["args"].split("items=[")[1] for t in calls)[0].startswith("w.jsonl:1, ")
     assert all("provider=openai" in t["args"] and "w.jsonl:" in t["args"] for t in calls)
     names = {t["name"] for t in tasks.values()}
-    assert {"mitrailleuse.feed", "mitrailleuse.assemble_part"} <= names
+    assert {"mitrailleuse.feed", "mitrailleuse.assemble_chunk"} <= names
     dump = httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).text
     dump += httpx.get(f"{flower}/api/workers", auth=AUTH, timeout=10).text
     for task_id in list(tasks)[:5]:

@@ -127,7 +127,7 @@ def test_combined_batches_pack_chunks_into_one(sim, batch_task):
     assert [r["output"] for r in results(task)] == [expected(row) for row in rows]
     assert sim.stats()["batches_created"] == 1
     (state,) = all_states(task)
-    assert state.items == 95 and state.parts == list(range(10))
+    assert state.items == 95 and state.chunks == list(range(10))
 
 
 def test_cancel_cancels_the_provider_batches_and_execute_resumes(sim, batch_task):
@@ -158,7 +158,7 @@ class RecordingDispatcher:
         self.batches: list[int] = []
 
     def send_chunk(self, run, chunk) -> None:
-        raise AssertionError(f"a batch-mode run sent chunk {chunk.part} to the workers")
+        raise AssertionError(f"a batch-mode run sent chunk {chunk.number} to the workers")
 
     def send_batch(self, run, number: int) -> None:
         self.batches.append(number)
@@ -229,11 +229,11 @@ def test_a_feeder_killed_with_a_batch_file_half_written_loses_no_item(
     add = BatchWriter.add
     calls = []
 
-    def dies_at_the_sixth_chunk(self, part, messages, resume):
-        calls.append(part)
+    def dies_at_the_sixth_chunk(self, number, messages, resume):
+        calls.append(number)
         if len(calls) == 6:
             raise FeederKilled
-        return add(self, part, messages, resume)
+        return add(self, number, messages, resume)
 
     monkeypatch.setattr(BatchWriter, "add", dies_at_the_sixth_chunk)
     with pytest.raises(FeederKilled):

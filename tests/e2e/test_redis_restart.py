@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from mitrailleuse.broker import EmbeddedRedis
-from mitrailleuse.pipeline.assembler import read_records
+from mitrailleuse.records import read_records
 from tests.e2e.helpers import new_task, questions, results, sent_twice, wait_done, write_jsonl
 
 pytestmark = pytest.mark.e2e

@@ -461,7 +461,7 @@ def test_the_tasks_volume_is_where_mitrailleuse_tasks_dir_points(fleet):
     assert len(set(sources.values())) == 1, f"one volume at {tasks_dir}: {sources}"
     assert next(iter(sources.values())) in fleet["volumes"]
     for provider in provider_queues():
-        # Provider workers are stateless (DESIGN.md): they can run on any machine.
+        # Provider workers are stateless: they can run on any machine.
         assert tasks_dir not in mounts_of(fleet["services"][f"worker-{provider}"]), provider
 
 

@@ -4,7 +4,6 @@ import pytest
 
 from mitrailleuse.config import TaskConfig, parse_config
 from mitrailleuse.errors import ConfigError
-from mitrailleuse.pipeline.feeder import group_calls
 from mitrailleuse.providers import InvalidItem, provider_class
 from mitrailleuse.providers.deepl import DeepLProvider
 from mitrailleuse.providers.deepseek import DeepSeekProvider
@@ -79,21 +78,6 @@ def test_deepl_languages_from_fields_or_literals():
         DeepLProvider.build_request({"text": "a"}, config)
     with pytest.raises(InvalidItem, match="missing text field"):
         DeepLProvider.build_request({"target_lang": "DE"}, config)
-
-
-def message(text, lang="DE"):
-    return {"request": {"text": text, "target_lang": lang, "source_lang": None}}
-
-
-def test_group_calls_respects_count_bytes_and_language():
-    calls = group_calls(DeepLProvider, [message(f"t{n}") for n in range(120)])
-    assert [len(c) for c in calls] == [50, 50, 20]
-    mixed = group_calls(DeepLProvider, [message("a", "DE"), message("b", "FR"), message("c", "DE")])
-    assert [[m["request"]["text"] for m in c] for c in mixed] == [["a", "c"], ["b"]]
-    big = group_calls(DeepLProvider, [message("x" * 40_000) for _ in range(7)])
-    assert all(sum(len(m["request"]["text"]) for m in c) < 128 * 1024 for c in big)
-    assert len(big) == 3
-    assert [len(c) for c in group_calls(OpenAIProvider, [{"request": {}}] * 3)] == [1, 1, 1]
 
 
 def test_retry_after_parsing():
