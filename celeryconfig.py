@@ -6,14 +6,14 @@ Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CON
 ``MITRAILLEUSE_TASK_EVENTS``.
 """
 
-import os
-
 from kombu import Queue
 
 from mitrailleuse.broker import resolve_redis_url
+from mitrailleuse.config import Environment
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE, all_queues
 
-broker_url = result_backend = resolve_redis_url(os.environ.get("REDIS_URL"))
+_environment = Environment()
+broker_url = result_backend = resolve_redis_url(_environment.redis_url)
 # kombu's Redis transport, with each delivery owned by the channel that received it: the
 # messages of a dead worker (or of a channel dropped when Redis went away) come back to their
 # queue within seconds, and a late ack on a dropped channel cannot make a worker exit
@@ -37,7 +37,7 @@ worker_prefetch_multiplier = 1
 # at half of it (pipeline.retries.countdown_s). A live worker looks for such messages every
 # 10 s (kombu's default throttle would make it every 100 s).
 broker_transport_options = {
-    "visibility_timeout": int(os.environ.get("MITRAILLEUSE_VISIBILITY_TIMEOUT_S", "3600")),
+    "visibility_timeout": _environment.mitrailleuse_visibility_timeout_s,
     "unacked_restore_interval": 10,
     "unacked_restore_throttle": 1,
 }
@@ -67,13 +67,13 @@ task_default_queue = CONTROL_QUEUE
 # Provider calls spend their time waiting on the network: threads keep many in flight on
 # few cores (see the README's Performance section for the measurement).
 worker_pool = "threads"
-worker_concurrency = int(os.environ.get("MITRAILLEUSE_CONCURRENCY", "64"))
+worker_concurrency = _environment.mitrailleuse_concurrency
 
 # Task events feed Flower, which switches them on in the workers while it watches (its
 # --enable-events default); unwatched, they would cost about a tenth of a worker's CPU.
 # MITRAILLEUSE_TASK_EVENTS=1 keeps them on. What Flower shows of a task is its argsrepr:
 # run, provider and item ids, never the request.
-worker_send_task_events = os.environ.get("MITRAILLEUSE_TASK_EVENTS", "0") == "1"
+worker_send_task_events = _environment.mitrailleuse_task_events
 task_send_sent_event = worker_send_task_events
 worker_hijack_root_logger = False
 
@@ -81,7 +81,7 @@ worker_hijack_root_logger = False
 beat_schedule = {
     "poll-native-batches": {
         "task": "mitrailleuse.poll_native_batches",
-        "schedule": float(os.environ.get("MITRAILLEUSE_BATCH_POLL_S", "5")),
+        "schedule": _environment.mitrailleuse_batch_poll_s,
         "options": {"queue": CONTROL_QUEUE, "expires": 60},
     }
 }

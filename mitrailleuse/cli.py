@@ -276,7 +276,7 @@ def flower(
     """
     from mitrailleuse.pipeline.fleet import celery_command
 
-    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    auth = Environment().flower_basic_auth
     if auth and not all(":" in pair for pair in auth.split(",")):
         _fail("FLOWER_BASIC_AUTH must be user:password (several: user:password,user2:password2)")
     if not auth and not _is_loopback(address):

@@ -315,12 +315,29 @@ class TaskConfig(Section):
 
 
 class Environment(BaseSettings):
-    """The process environment Mitrailleuse reads (README, "Environment")."""
+    """The process environment Mitrailleuse reads (README, "Environment").
+
+    Read here, under their own names: what a provider's key, endpoint or limit override is
+    called depends on the provider, so those are read by ``credentials``, the provider
+    (``base_url_variable``) and ``Limits.resolve``.
+    """
 
     model_config = SettingsConfigDict(extra="ignore")
 
     redis_url: str | None = None
     mitrailleuse_tasks_dir: Path = Path("tasks")
+    #: Seconds before a message nobody acknowledged is delivered again (the last resort).
+    mitrailleuse_visibility_timeout_s: int = Field(default=3600, ge=60)
+    #: Threads per worker process.
+    mitrailleuse_concurrency: int = Field(default=64, ge=1)
+    #: Task events on without Flower watching.
+    mitrailleuse_task_events: bool = False
+    #: How often beat polls the native batches.
+    mitrailleuse_batch_poll_s: float = Field(default=5.0, gt=0)
+    #: ``user:password[,user2:password2]`` for Flower.
+    flower_basic_auth: str = ""
+    #: DeepL's endpoint when the config has no ``base_url`` (the DeepL SDK's own variable name).
+    deepl_server_url: str | None = None
 
     @field_validator("redis_url")
     @classmethod

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from mitrailleuse.atomic import write_atomic, write_json
 from mitrailleuse.config import Logs, ProviderName, TaskConfig, load_config
 from mitrailleuse.errors import InputError, MitrailleuseError, TaskNameError, TaskNotFound
 from mitrailleuse.inputs import check_has_items, sorted_input_files
@@ -74,25 +75,6 @@ class Status(BaseModel):
 def now() -> datetime:
     """The current time, in UTC."""
     return datetime.now(UTC)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write a JSON document atomically, indented for people to read."""
-    write_atomic(path, orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def check_name(value: str, what: str) -> str:

@@ -27,31 +27,26 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "canary-MITRAILLEUSE-test-key-0123456789"
 
 
-_SESSION_REDIS: RedisServer | None = None
+#: ``REDIS_URL`` until a test asks for Redis: nothing listens there, so a test that needs Redis
+#: without saying so fails at once, and loading ``celeryconfig`` never starts the embedded Redis
+#: in the working directory. ``pytest tests/unit`` runs with no redis-server at all.
+NO_REDIS = "redis://127.0.0.1:9/0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Start the session's redis-server before anything can load the Celery config.
-
-    Without ``REDIS_URL``, loading ``celeryconfig`` starts the embedded Redis in the working
-    directory: the tests must never do that by accident.
-    """
-    global _SESSION_REDIS
-    home = Path(tempfile.mkdtemp(prefix="mitrailleuse-test-redis-"))
-    _SESSION_REDIS = RedisServer(home).start()
-    os.environ["REDIS_URL"] = _SESSION_REDIS.url
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _SESSION_REDIS is not None:
-        _SESSION_REDIS.stop()
-        shutil.rmtree(_SESSION_REDIS.home, ignore_errors=True)
+    os.environ["REDIS_URL"] = NO_REDIS
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> RedisServer:
-    assert _SESSION_REDIS is not None
-    return _SESSION_REDIS
+def redis_server() -> Iterator[RedisServer]:
+    """The session's redis-server, started by the first test that needs it."""
+    home = Path(tempfile.mkdtemp(prefix="mitrailleuse-test-redis-"))
+    server = RedisServer(home).start()
+    os.environ["REDIS_URL"] = server.url
+    yield server
+    os.environ["REDIS_URL"] = NO_REDIS
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

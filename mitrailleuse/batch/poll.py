@@ -20,13 +20,13 @@ import redis
 
 from mitrailleuse import keys
 from mitrailleuse.batch import state as batches
-from mitrailleuse.batch.submit import downloaded, submit, write_retry_batch
+from mitrailleuse.batch.create import downloaded, upload_and_create, write_retry_batch
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.caller import context_for
 from mitrailleuse.pipeline.chunks import chunk_of
 from mitrailleuse.pipeline.run_state import RunState
-from mitrailleuse.providers import ProviderError
+from mitrailleuse.providers import Answer, ProviderError
 from mitrailleuse.records import ItemRef, failed, read_records, succeeded
 from mitrailleuse.taskfolder import TaskFolder
 
@@ -64,27 +64,25 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
     run = RunState(client, state.run_id)
     context = context_for(run)
     section = context.config.provider(run.provider)
-    openai = context.provider.client
+    api = context.provider.native_batches()
     if state.step != "created":
         age = time.time() - batches.state_path(folder, number).stat().st_mtime
         if state.step == "written" or age > STALE_SUBMISSION_S:
-            submit(
+            upload_and_create(
                 client,
                 folder,
                 number,
-                openai,
+                api,
                 section.batch.completion_window,
                 section.batch.batch_check_time,
             )
         return 1
-    batch = openai.batches.retrieve(state.batch_id)
-    counts = batch.request_counts
-    state.raw_status = batch.status
-    state.request_counts = counts.model_dump() if counts is not None else {}
+    batch = api.retrieve(state.batch_id or "")
+    state.raw_status, state.request_counts = batch.raw_status, batch.request_counts
     state.output_file_id, state.error_file_id = batch.output_file_id, batch.error_file_id
     state.next_check_at = time.time() + section.batch.batch_check_time
     batches.save(folder, state)
-    if batch.status in batches.FINAL_RAW:
+    if batch.raw_status in batches.FINAL_RAW:
         collect(run, folder, state, context.provider, context.price)
     return 1
 
@@ -139,17 +137,17 @@ def _read_results(
 ) -> dict[str, dict[str, Any]]:
     """A record for each item the batch's output or error file answers (the first answer wins)."""
     attempts = 1 if state.retry_of is None else 2
+    api = provider.native_batches()
     records: dict[str, dict[str, Any]] = {}
     for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
-        path = downloaded(
-            provider.client, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl"
-        )
+        path = downloaded(api, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
         if path is None:
             continue
         for entry in read_records(path):
-            ref = refs.get(entry.get("custom_id"))
+            result = api.result(entry)
+            ref = refs.get(result.custom_id or "")
             if ref is not None and ref.id not in records:
-                records[ref.id] = _record(ref, entry, provider, attempts, price)
+                records[ref.id] = _record(ref, result.outcome, provider, attempts, price)
     return records
 
 
@@ -170,36 +168,25 @@ def _missing_after_resend(
 
 
 def _record(
-    ref: ItemRef, entry: dict[str, Any], provider: Any, attempts: int, price: ModelPrice | None
+    ref: ItemRef,
+    outcome: Answer | ProviderError,
+    provider: Any,
+    attempts: int,
+    price: ModelPrice | None,
 ) -> dict[str, Any]:
-    response = entry.get("response") or {}
-    status = response.get("status_code")
-    body = response.get("body") or {}
-    if status == 200 and not entry.get("error"):
-        try:
-            answer = provider.parse(orjson.dumps(body))
-        except ProviderError as error:
-            return failed(
-                ref, provider.name, provider.model, error.as_record_error(), attempts, mode="batch"
-            )
-        cost = cost_usd(price, answer.usage, batch=True)
-        return succeeded(
-            ref, provider.name, provider.model, answer, attempts, 0, mode="batch", cost_usd=cost
-        )
-    detail = (body.get("error") or {}) if isinstance(body, dict) else {}
-    error = entry.get("error") or {}
-    message = detail.get("message") or error.get("message") or f"status {status}"
-    record_error = {
-        "type": f"http_{status}" if status else "batch_error",
-        "message": message,
-        "status_code": status,
-    }
-    return failed(ref, provider.name, provider.model, record_error, attempts, mode="batch")
+    """An item's record from its batch result, at the batch price."""
+    if isinstance(outcome, ProviderError):
+        error = outcome.as_record_error()
+        return failed(ref, provider.name, provider.model, error, attempts, mode="batch")
+    cost = cost_usd(price, outcome.usage, batch=True)
+    return succeeded(
+        ref, provider.name, provider.model, outcome, attempts, 0, mode="batch", cost_usd=cost
+    )
 
 
 def cancel_all(run: RunState, folder: TaskFolder) -> int:
     """Ask the provider to cancel the run's batches that have not ended; returns how many."""
-    openai = context_for(run).provider.client
+    api = context_for(run).provider.native_batches()
     cancelled = 0
     for state in batches.all_states(folder):
         if (
@@ -207,7 +194,7 @@ def cancel_all(run: RunState, folder: TaskFolder) -> int:
             and state.batch_id
             and state.raw_status not in batches.FINAL_RAW
         ):
-            openai.batches.cancel(state.batch_id)
+            api.cancel(state.batch_id)
             state.next_check_at = 0.0
             batches.save(folder, state)
             cancelled += 1

@@ -16,7 +16,8 @@ import redis
 from pydantic import BaseModel, Field
 
 from mitrailleuse import keys
-from mitrailleuse.taskfolder import TaskFolder, write_atomic
+from mitrailleuse.atomic import write_atomic
+from mitrailleuse.taskfolder import TaskFolder
 
 #: Our side of a batch's life; ``raw_status`` keeps the provider's own word.
 Step = Literal["written", "uploading", "uploaded", "creating", "created", "collected", "failed"]

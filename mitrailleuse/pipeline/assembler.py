@@ -8,21 +8,19 @@ and the final ``status.json``. Every write is atomic and every step may run twic
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from mitrailleuse import keys
+from mitrailleuse.atomic import atomic_file, write_atomic, write_json
 from mitrailleuse.pipeline.cache import save_new_answers
 from mitrailleuse.pipeline.chunks import items_in_chunk, part_files, part_path
 from mitrailleuse.pipeline.run_state import COUNT_FIELDS, RunState, count_record, new_counts
 from mitrailleuse.records import read_records
-from mitrailleuse.taskfolder import Counts, TaskFolder, now, write_atomic, write_json
+from mitrailleuse.taskfolder import Counts, TaskFolder, now
 
 
 def write_chunk(run: RunState, chunk: int, final: bool = True) -> None:
@@ -128,8 +126,8 @@ def _concatenate(folder: TaskFolder) -> _Tally:
     folder.outputs_dir.mkdir(exist_ok=True)
     tally = _Tally()
     with ExitStack() as stack:
-        results = stack.enter_context(_AtomicWriter(folder.results_path))
-        errors = stack.enter_context(_AtomicWriter(folder.errors_path))
+        results = stack.enter_context(atomic_file(folder.results_path, buffering=1 << 20))
+        errors = stack.enter_context(atomic_file(folder.errors_path, buffering=1 << 20))
         for _, path in part_files(folder):
             with path.open("rb") as handle:
                 for line in handle:
@@ -176,24 +174,3 @@ class _Tally:
             "attempts": self.attempts,
             "latency_ms": latency,
         }
-
-
-class _AtomicWriter:
-    """A file written under a temporary name and renamed into place on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Any:
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        self.handle = os.fdopen(fd, "wb", buffering=1 << 20)
-        return self.handle
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            Path(self.tmp).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import redis.exceptions
 
 from mitrailleuse import keys
-from mitrailleuse.batch.submit import MAX_REQUESTS, BatchWriter
+from mitrailleuse.batch.create import BatchWriter
 from mitrailleuse.config import TaskConfig
 from mitrailleuse.inputs import Cursor, Item, iter_items
 from mitrailleuse.pipeline import assembler
@@ -277,10 +277,10 @@ def _feed_batches(feeding: _Feeding) -> bool:
 def _batch_writer(run: RunState, folder: TaskFolder, config: TaskConfig) -> BatchWriter:
     """The writer of the run's native batch files."""
     section = config.provider(run.provider)
-    provider = provider_class(run.provider)(section, None)
+    api = provider_class(run.provider)(section, None).native_batches()
     chunk_size = run.settings.chunk_size
-    per_batch = max(1, MAX_REQUESTS // chunk_size) if section.batch.combine_batches else 1
-    return BatchWriter(run, folder, provider, per_batch)
+    per_batch = max(1, api.max_requests // chunk_size) if section.batch.combine_batches else 1
+    return BatchWriter(run, folder, api, per_batch)
 
 
 def _load_file_cache(run: RunState, folder: TaskFolder, config: TaskConfig) -> None:

@@ -14,8 +14,8 @@ from celery import Task, chord
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from mitrailleuse.batch.create import upload_and_create
 from mitrailleuse.batch.poll import cancel_all, poll_all
-from mitrailleuse.batch.submit import submit as batch_submit
 from mitrailleuse.errors import MitrailleuseError
 from mitrailleuse.pipeline import assembler, feeder
 from mitrailleuse.pipeline.app import app
@@ -92,17 +92,17 @@ def assemble_chunk(run_id: str, chunk: int) -> None:
     assembler.finish_if_complete(run)
 
 
-@app.task(name="mitrailleuse.submit_native_batch", ignore_result=True)
-def submit_native_batch(run_id: str, number: int) -> None:
+@app.task(name="mitrailleuse.create_native_batch", ignore_result=True)
+def create_native_batch(run_id: str, number: int) -> None:
     """Upload a written native batch and create it (each step recorded, resumable)."""
     run = run_state(run_id)
     context = context_for(run)
     section = context.config.provider(run.provider)
-    batch_submit(
+    upload_and_create(
         run.redis,
         run.folder,
         number,
-        context.provider.client,
+        context.provider.native_batches(),
         section.batch.completion_window,
         section.batch.batch_check_time,
     )
@@ -143,7 +143,7 @@ class CeleryDispatcher:
 
     def send_batch(self, run: RunState, number: int) -> None:
         """Have the control queue upload and create native batch ``number``."""
-        submit_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
+        create_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
 
 
 def describe(run_id: str, provider: str, items: list[dict[str, Any]]) -> str:

@@ -15,9 +15,12 @@ from importlib.metadata import entry_points
 from mitrailleuse.errors import ConfigError
 from mitrailleuse.providers.base import (
     Answer,
+    BatchResult,
     CallResult,
     ErrorKind,
     InvalidItem,
+    NativeBatch,
+    NativeBatchAPI,
     Provider,
     ProviderError,
     QuotaExceeded,
@@ -26,9 +29,12 @@ from mitrailleuse.providers.base import (
 __all__ = [
     "BUILTIN_PROVIDERS",
     "Answer",
+    "BatchResult",
     "CallResult",
     "ErrorKind",
     "InvalidItem",
+    "NativeBatch",
+    "NativeBatchAPI",
     "Provider",
     "ProviderError",
     "QuotaExceeded",

@@ -13,7 +13,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from pydantic import BaseModel
 
@@ -81,6 +81,70 @@ class CallResult:
 
     answers: list[Answer]
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NativeBatch:
+    """A native batch as its provider reports it; ``raw_status`` is the provider's own word."""
+
+    batch_id: str
+    raw_status: str
+    request_counts: dict[str, int] = field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One line of a native batch's results: the item it answers, and its answer or error."""
+
+    custom_id: str | None
+    outcome: Answer | ProviderError
+
+
+class NativeBatchAPI(ABC):
+    """What the batch machinery (``mitrailleuse.batch``) needs of a provider's batch API.
+
+    The machinery writes the request files, records each step, polls, downloads and turns the
+    results into records through these methods alone: a provider adds its native batches by
+    implementing them (OpenAI's: ``providers/openai.py``).
+    """
+
+    #: The most requests, and bytes, one batch may hold.
+    max_requests: ClassVar[int]
+    max_bytes: ClassVar[int]
+
+    @abstractmethod
+    def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
+        """One line of a batch's request file, newline included."""
+
+    @abstractmethod
+    def upload(self, name: str, handle: BinaryIO) -> str:
+        """Upload a request file; its file id."""
+
+    @abstractmethod
+    def create(self, file_id: str, completion_window: str, metadata: dict[str, str]) -> NativeBatch:
+        """Create the batch of an uploaded file."""
+
+    @abstractmethod
+    def created_for(self, file_id: str) -> NativeBatch | None:
+        """The batch already created for ``file_id``, if any (a crash may have hidden it)."""
+
+    @abstractmethod
+    def retrieve(self, batch_id: str) -> NativeBatch:
+        """The batch as it is now."""
+
+    @abstractmethod
+    def download(self, file_id: str) -> bytes:
+        """A results file's content."""
+
+    @abstractmethod
+    def result(self, entry: dict[str, Any]) -> BatchResult:
+        """Read one parsed line of a results file."""
+
+    @abstractmethod
+    def cancel(self, batch_id: str) -> None:
+        """Ask the provider to cancel the batch."""
 
 
 class Provider(ABC):
@@ -163,6 +227,10 @@ class Provider(ABC):
     @abstractmethod
     def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
         """Call the provider once for ``payloads``; raises ProviderError on failure."""
+
+    def native_batches(self) -> NativeBatchAPI:
+        """The provider's native batch API (``supports_native_batch`` says whether it has one)."""
+        raise NotImplementedError(f"{self.name} has no native batch API")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""

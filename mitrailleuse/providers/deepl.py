@@ -16,14 +16,13 @@ its own item. The SDK's own retries are off: the pipeline owns retries.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import deepl
 
-from mitrailleuse.config import DeepLConfig
+from mitrailleuse.config import DeepLConfig, Environment
 from mitrailleuse.credentials import redact
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
@@ -75,7 +74,7 @@ class DeepLProvider(Provider):
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(config, api_key, proxies)
-        server_url = config.base_url or os.environ.get("DEEPL_SERVER_URL") or None
+        server_url = config.base_url or Environment().deepl_server_url
         self.translator = (
             deepl.Translator(
                 api_key,

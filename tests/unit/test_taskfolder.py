@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from mitrailleuse.atomic import write_atomic
 from mitrailleuse.config import TaskConfig
 from mitrailleuse.errors import InputError, TaskNameError, TaskNotFound
 from mitrailleuse.taskfolder import (
@@ -11,7 +12,6 @@ from mitrailleuse.taskfolder import (
     find_task,
     iter_tasks,
     open_task,
-    write_atomic,
 )
 
 

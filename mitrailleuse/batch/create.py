@@ -1,11 +1,12 @@
 """Native batches, first half: write the request files, upload them, create the batches.
 
 In batch mode the feeder hands each chunk to a :class:`BatchWriter` instead of sending it to
-the workers; a full batch file is handed to the ``submit_native_batch`` control task, which
-calls :func:`submit`, as beat's poll does for a submission that seems stalled. Only one process
-submits a batch at a time (a lease its holder's death frees); each step is recorded before and
-after it happens, and a batch found in step ``creating`` is looked up at the provider (by its
-input file) before one is created: neither a race nor a crash creates the same batch twice.
+the workers; a full batch file is handed to the ``create_native_batch`` control task, which
+calls :func:`upload_and_create`, as beat's poll does for a creation that seems stalled. Only one
+process creates a batch at a time (a lease its holder's death frees); each step is recorded
+before and after it happens, and a batch found in step ``creating`` is looked up at the
+provider (by its input file) before one is created: neither a race nor a crash creates the
+same batch twice. The provider is reached through its ``NativeBatchAPI`` alone.
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ from typing import Any, BinaryIO
 import orjson
 import redis
 
+from mitrailleuse.atomic import write_atomic
 from mitrailleuse.batch import state as batches
 from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.run_state import RunState
+from mitrailleuse.providers import NativeBatch, NativeBatchAPI
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
 
-#: The Batch API's limits on one batch.
-MAX_REQUESTS = 50_000
-MAX_BYTES = 200 * 1024 * 1024
-#: The endpoint every request line targets.
-ENDPOINT = "/v1/chat/completions"
-#: How many of the provider's batches are searched for one created before a crash.
-LOOKUP_LIMIT = 1000
 #: Where a feed goes on: the input cursor after a chunk, and the next chunk's number.
 Resume = tuple[Cursor, int]
 #: How long a live submitter may hold a batch's submission (an upload of 200 MB included).
@@ -40,12 +36,12 @@ SUBMISSION_LEASE_S = 1800.0
 
 
 class BatchWriter:
-    """Writes chunks' request lines into batch files of up to ``parts_per_batch`` chunks."""
+    """Writes chunks' request lines into batch files of up to ``chunks_per_batch`` chunks."""
 
     def __init__(
-        self, run: RunState, folder: TaskFolder, provider: Any, chunks_per_batch: int
+        self, run: RunState, folder: TaskFolder, api: NativeBatchAPI, chunks_per_batch: int
     ) -> None:
-        self.run, self.folder, self.provider = run, folder, provider
+        self.run, self.folder, self.api = run, folder, api
         self.chunks_per_batch = chunks_per_batch
         self._open: tuple[int, BinaryIO, BinaryIO] | None = None
         self._chunks: list[int] = []
@@ -61,10 +57,13 @@ class BatchWriter:
         batch file half written feeds its chunks again, into a new batch, instead of losing
         them.
         """
-        lines = [self._line(item) for item in items]
+        lines = [self.api.request_line(item["id"], item["request"]) for item in items]
         size = sum(len(line) for line in lines)
         closed = None
-        too_big = self._requests + len(lines) > MAX_REQUESTS or self._bytes + size > MAX_BYTES
+        too_big = (
+            self._requests + len(lines) > self.api.max_requests
+            or self._bytes + size > self.api.max_bytes
+        )
         if self._open is not None and (len(self._chunks) >= self.chunks_per_batch or too_big):
             closed = self.close()
         if self._open is None:
@@ -118,11 +117,6 @@ class BatchWriter:
         self._resume = None
         return number
 
-    def _line(self, message: dict[str, Any]) -> bytes:
-        body = self.provider.request_body(message["request"])
-        line = {"custom_id": message["id"], "method": "POST", "url": ENDPOINT, "body": body}
-        return orjson.dumps(line) + b"\n"
-
 
 def write_retry_batch(
     run: RunState, folder: TaskFolder, of: batches.BatchState, item_ids: set[str], chunks: list[int]
@@ -149,11 +143,11 @@ def write_retry_batch(
     return number
 
 
-def submit(
+def upload_and_create(
     store: redis.Redis,
     folder: TaskFolder,
     number: int,
-    client: Any,
+    api: NativeBatchAPI,
     completion_window: str,
     check_s: float,
 ) -> bool:
@@ -165,53 +159,45 @@ def submit(
     lease = Lease(store, f"native-batch:{folder.path}|{number}", SUBMISSION_LEASE_S)
     with lease as held:
         if held:
-            _submit(folder, number, client, completion_window, check_s)
+            _upload_and_create(folder, number, api, completion_window, check_s)
         return held
 
 
-def _submit(
-    folder: TaskFolder, number: int, client: Any, completion_window: str, check_s: float
+def _upload_and_create(
+    folder: TaskFolder, number: int, api: NativeBatchAPI, completion_window: str, check_s: float
 ) -> None:
     state = batches.load(folder, number)  # read under the lease: the step another left
     if state.step in ("written", "uploading"):
         state.step = "uploading"
         batches.save(folder, state)
         with batches.input_path(folder, number).open("rb") as handle:
-            uploaded = client.files.create(file=(f"{state.name}.jsonl", handle), purpose="batch")
-        state.file_id, state.step = uploaded.id, "uploaded"
+            state.file_id = api.upload(f"{state.name}.jsonl", handle)
+        state.step = "uploaded"
         batches.save(folder, state)
     if state.step in ("uploaded", "creating"):
-        found = _created_before(client, state.file_id) if state.step == "creating" else None
+        found = _created_before(api, state.file_id) if state.step == "creating" else None
         state.step = "creating"
         batches.save(folder, state)
-        created = found or client.batches.create(
-            input_file_id=state.file_id,
-            endpoint=ENDPOINT,
-            completion_window=completion_window,
-            metadata={"mitrailleuse_run": state.run_id, "mitrailleuse_batch": str(number)},
-        )
-        state.batch_id, state.raw_status, state.step = created.id, created.status, "created"
+        metadata = {"mitrailleuse_run": state.run_id, "mitrailleuse_batch": str(number)}
+        created = found or api.create(state.file_id or "", completion_window, metadata)
+        state.batch_id, state.raw_status = created.batch_id, created.raw_status
+        state.step = "created"
         state.next_check_at = time.time() + check_s
         batches.save(folder, state)
 
 
-def _created_before(client: Any, file_id: str | None) -> Any:
+def _created_before(api: NativeBatchAPI, file_id: str | None) -> NativeBatch | None:
     """The provider's batch for ``file_id``, if a crash hid its creation from us."""
-    for seen, batch in enumerate(client.batches.list(limit=100)):
-        if batch.input_file_id == file_id:
-            log.info("batch %s for file %s was created before a restart", batch.id, file_id)
-            return batch
-        if seen >= LOOKUP_LIMIT:
-            break
-    return None
+    found = api.created_for(file_id) if file_id else None
+    if found is not None:
+        log.info("batch %s for file %s was created before a restart", found.batch_id, file_id)
+    return found
 
 
-def downloaded(client: Any, file_id: str | None, path: Path) -> Path | None:
+def downloaded(api: NativeBatchAPI, file_id: str | None, path: Path) -> Path | None:
     """Download a provider file once (kept in ``outputs/batches/``)."""
     if file_id is None:
         return None
     if not path.exists():
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(client.files.content(file_id).content)
-        tmp.replace(path)
+        write_atomic(path, api.download(file_id))
     return path
