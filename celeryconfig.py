@@ -1,19 +1,19 @@
 """Celery settings of the Mitrailleuse fleet (``app.config_from_object("celeryconfig")``).
 
-Every worker, beat and Flower process loads this module. Broker and result backend are the
-same Redis: ``REDIS_URL``, or the embedded server under ``.mitrailleuse/redis/``.
+Every worker, beat and Flower process loads this module; importing it starts nothing. Broker
+and result backend are the same Redis: ``REDIS_URL``, or the embedded server under
+``.mitrailleuse/redis/``, which ``mitrailleuse.pipeline.app`` resolves once the configuration
+is loaded (set ``broker_url`` here to choose another).
 Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``,
 ``MITRAILLEUSE_TASK_EVENTS``.
 """
 
 from kombu import Queue
 
-from mitrailleuse.broker import resolve_redis_url
 from mitrailleuse.config import Environment
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE, all_queues
 
 _environment = Environment()
-broker_url = result_backend = resolve_redis_url(_environment.redis_url)
 # kombu's Redis transport, with each delivery owned by the channel that received it: the
 # messages of a dead worker (or of a channel dropped when Redis went away) come back to their
 # queue within seconds, and a late ack on a dropped channel cannot make a worker exit

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from mitrailleuse.config import RetryPolicy, TaskConfig, parse_config
-from mitrailleuse.cost.budget import Reservation, RunBudget
+from mitrailleuse.cost.limit import CostLimit, Reservation
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key, resolve_proxies
 from mitrailleuse.pipeline import liveness
@@ -46,8 +46,8 @@ MAX_CACHED_RUNS = 16
 #: How soon an item held by a live call elsewhere (a copy of its message, or an identical
 #: request) is looked at again.
 CLAIM_POLL_S = 1.0
-#: How soon a call the budget cannot cover yet (other calls hold reservations) asks again.
-BUDGET_POLL_S = 0.5
+#: How soon a call the cost limit cannot cover yet (other calls hold reservations) asks again.
+COST_POLL_S = 0.5
 
 #: A wait for the rate limiter this short is slept in the worker thread; a longer one frees
 #: the slot: the task is re-scheduled with a countdown.
@@ -61,7 +61,7 @@ class RunContext:
     config: TaskConfig
     provider: Provider
     limiter: RedisLimiter
-    budget: RunBudget
+    cost_limit: CostLimit
     price: ModelPrice | None
     cache: ResponseCache | None
 
@@ -94,7 +94,7 @@ def context_for(run: RunState) -> RunContext:
         config,
         provider,
         RedisLimiter(run.redis, name, provider.model, limits),
-        RunBudget(run.redis, run.run_id, general.cost_limit_usd),
+        CostLimit(run.redis, run.run_id, general.cost_limit_usd),
         price_of(name, provider.model, general.prices),
         ResponseCache(run.redis, run.run_id, general.cache)
         if cache_enabled(general.cache, provider)
@@ -112,7 +112,7 @@ class CallOutcome:
     """What became of a group: records stored, or a wait before trying again.
 
     ``attempted`` holds the items whose failed call used an attempt; items the rate limiter or
-    the budget held back (``limited``), or that wait for a call elsewhere, used none.
+    the cost limit held back (``limited``), or that wait for a call elsewhere, used none.
     """
 
     stored: int = 0
@@ -159,7 +159,7 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     for group in group_calls(type(provider), pending):
         outcome.add(_call(run, chunk, context, group, hashes, holder))
         if outcome.limited:
-            break  # the rate limiter or the budget holds calls back: the next ones would wait
+            break  # the rate limiter or the cost limit holds calls back: the next ones would wait
     return outcome
 
 
@@ -171,17 +171,17 @@ def _call(
     hashes: dict[int, str],
     holder: str,
 ) -> CallOutcome:
-    """Reserve the budget, take the grant and the claims, call, and store the records."""
+    """Reserve the cost, take the grant and the claims, call, and store the records."""
     provider, section = context.provider, context.section
     payloads = [item["request"] for item in pending]
     worst = 0.0  # only a run with a cost limit reserves anything
-    if context.price is not None and context.budget.limit_usd is not None:
+    if context.price is not None and context.cost_limit.limit_usd is not None:
         worst = worst_case_usd(context.price, *provider.cost_units(payloads))
-    with context.budget.reserved(worst, holder) as reservation:
+    with context.cost_limit.reserved(worst, holder) as reservation:
         if reservation is Reservation.WAIT:
-            return CallOutcome(retry_in_s=BUDGET_POLL_S, limited=True)
+            return CallOutcome(retry_in_s=COST_POLL_S, limited=True)
         if reservation is Reservation.EXHAUSTED:
-            limit, spent = context.budget.limit_usd, run.spent_usd()
+            limit, spent = context.cost_limit.limit_usd, run.spent_usd()
             run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
             return CallOutcome()
         ordinals = [item["ordinal"] for item in pending]
@@ -276,7 +276,7 @@ def _store_answers(
                 continue
             if attempt <= similarity.settings.reask_attempts:
                 reask.add(item.ordinal)
-                context.budget.spend(records[item.ordinal]["cost_usd"] or 0.0)
+                context.cost_limit.spend(records[item.ordinal]["cost_usd"] or 0.0)
             else:
                 records[item.ordinal].update(
                     similar_to=match.similar_to, similarity=match.similarity

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 import pytest
 import redis
 
-from mitrailleuse.cost.budget import Reservation, RunBudget
+from mitrailleuse.cost.limit import CostLimit, Reservation
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
 
@@ -53,11 +53,11 @@ def test_claims_the_records_took_are_not_freed_again():
     [(Reservation.RESERVED, [0.5]), (Reservation.WAIT, []), (Reservation.EXHAUSTED, [])],
 )
 def test_a_reservation_is_given_back_on_every_path_and_only_if_made(answer, given_back):
-    budget = RunBudget(UNCONNECTED, "r", limit_usd=1.0)
+    cost_limit = CostLimit(UNCONNECTED, "r", limit_usd=1.0)
     returned = []
-    budget.reserve = lambda usd, holder: answer
-    budget.give_back = lambda usd, holder: returned.append(usd)
-    with pytest.raises(Boom), budget.reserved(0.5, "holder") as reservation:
+    cost_limit.reserve = lambda usd, holder: answer
+    cost_limit.give_back = lambda usd, holder: returned.append(usd)
+    with pytest.raises(Boom), cost_limit.reserved(0.5, "holder") as reservation:
         assert reservation is answer
         raise Boom
     assert returned == given_back

@@ -1,8 +1,8 @@
-"""A run's hard budget (``general.cost_limit_usd``), enforced for the whole fleet in Redis.
+"""A run's cost limit (``general.cost_limit_usd``), enforced for the whole fleet in Redis.
 
 Before a call its worst-case cost is reserved (``reserve.lua``: one atomic check-and-add);
 after it the reservation is given back and the record's actual cost is spent. A call the
-budget cannot cover waits while other calls hold reservations (their actual costs are usually
+limit cannot cover waits while other calls hold reservations (their actual costs are usually
 lower), and is not made once none does: the run stops dispatching and ends ``stopped_budget``,
 within one call's worst-case cost of the limit. Each reservation is kept under its holder
 (``"<owner> <token>"``, see :mod:`mitrailleuse.pipeline.liveness`): the reservations of a
@@ -22,16 +22,16 @@ from mitrailleuse.scripts import script
 
 
 class Reservation(IntEnum):
-    """What the budget said to a call."""
+    """What the cost limit said to a call."""
 
     RESERVED = 1
     #: Not now: calls in flight hold reservations, and their actual costs may leave room.
     WAIT = 0
-    #: Never: nothing else is reserved and the budget cannot cover this call.
+    #: Never: nothing else is reserved and the limit cannot cover this call.
     EXHAUSTED = -1
 
 
-class RunBudget:
+class CostLimit:
     """The spend of one run against its limit (spend is counted even with no limit)."""
 
     def __init__(self, client: redis.Redis, run_id: str, limit_usd: float | None) -> None:
@@ -42,7 +42,7 @@ class RunBudget:
         self._give_back = script(client, "cost/give_back.lua")
 
     def reserve(self, usd: float, holder: str) -> Reservation:
-        """Set ``usd`` aside for a call of ``holder``, if the budget can cover it now, or ever."""
+        """Set ``usd`` aside for a call of ``holder``, if the limit can cover it now, or ever."""
         if self.limit_usd is None or usd <= 0:
             return Reservation.RESERVED
         answer = self._reserve(
