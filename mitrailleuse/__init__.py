@@ -7,6 +7,7 @@ use so that ``import mitrailleuse`` stays light.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from mitrailleuse.errors import (
@@ -17,6 +18,11 @@ from mitrailleuse.errors import (
     TaskNameError,
     TaskNotFound,
 )
+
+try:
+    __version__ = version("mitrailleuse")
+except PackageNotFoundError:  # a source tree on the path, not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -37,6 +43,7 @@ __all__ = [
     "TaskFolder",
     "TaskNameError",
     "TaskNotFound",
+    "__version__",
     "app",
 ]
 

@@ -24,7 +24,7 @@ import redis
 from mitrailleuse import keys
 from mitrailleuse.batch.state import BatchState
 from mitrailleuse.batch.state import all_states as all_batch_states
-from mitrailleuse.broker import resolve_redis_url
+from mitrailleuse.broker import check_reachable, resolve_redis_url
 from mitrailleuse.config import (
     Environment,
     ProviderName,
@@ -34,8 +34,9 @@ from mitrailleuse.config import (
     without_effect,
 )
 from mitrailleuse.credentials import scrub_config
-from mitrailleuse.pipeline import submitter
+from mitrailleuse.pipeline import liveness, submitter
 from mitrailleuse.pipeline.chunks import part_files, part_path
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState, redis_client
 from mitrailleuse.providers import provider_class
 from mitrailleuse.ratelimit import Limits, Rates, RedisLimiter
@@ -162,6 +163,15 @@ class Run:
         """The fleet's live request and token rates for this task's provider, with its limits."""
         return self._limiter.rates()
 
+    def workers(self) -> dict[str, list[set[str]]]:
+        """The live workers of each queue the run needs, as the key variables each has set."""
+        return workers_for(self.folder, self._redis)
+
+    def stalled(self) -> str | None:
+        """Why the run cannot move now (``no worker serves openai``), or None if it can."""
+        unserved = sorted(queue for queue, found in self.workers().items() if not found)
+        return f"no worker serves {', '.join(unserved)}" if unserved else None
+
     @cached_property
     def _limiter(self) -> RedisLimiter:
         """The task's budget, built once: a progress display asks for rates twice a second."""
@@ -256,16 +266,41 @@ class _Listener:
 class Mitrailleuse:
     """Entry point of the Python API (README, "From Python")."""
 
-    def __init__(self, redis_url: str | None = None, tasks_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        tasks_dir: str | Path | None = None,
+        start_broker: bool = True,
+    ) -> None:
+        """Find nothing yet: Redis is looked for on first use (``create_task`` needs none).
+
+        ``start_broker=False`` is for read-only callers: with no ``REDIS_URL``, use the tasks
+        dir's embedded server if it runs, and never start one.
+        """
         env = Environment()
         self.tasks_dir = Path(tasks_dir or env.mitrailleuse_tasks_dir).absolute()
-        self._redis_url = redis_url or env.redis_url
+        self.start_broker = start_broker
+        self._given = (redis_url, "redis_url") if redis_url else (env.redis_url, "REDIS_URL")
+        self._redis_url: str | None = None
 
     @property
     def redis_url(self) -> str:
-        """``REDIS_URL``, or the embedded server's (started on first use, not before)."""
+        """The Redis of this client, found on first use and kept.
+
+        The one given (``redis_url``, else ``REDIS_URL``) must answer a PING within seconds;
+        without one, the tasks dir's embedded server, started unless ``start_broker`` is False.
+
+        Raises:
+            BrokerError: the given Redis does not answer, or the embedded one cannot start.
+            BrokerNotRunning: ``start_broker`` is False and the embedded server is not running.
+
+        """
         if self._redis_url is None:
-            self._redis_url = resolve_redis_url(None)
+            url, source = self._given
+            if url:
+                self._redis_url = check_reachable(url, source)
+            else:
+                self._redis_url = resolve_redis_url("", self.tasks_dir, self.start_broker)
         return self._redis_url
 
     @property
@@ -317,14 +352,36 @@ class Mitrailleuse:
             run.listen(on_progress, on_item, on_complete)
         return run
 
+    def workers(self, task: TaskFolder | str | Path) -> dict[str, list[set[str]]]:
+        """The live workers of each queue a run of ``task`` needs (each: its key variables)."""
+        folder = task if isinstance(task, TaskFolder) else self.task(task)
+        return workers_for(folder, self.redis)
+
     def get_run(self, task: TaskFolder | str | Path) -> Run:
         """Re-attach to a task's run, from any process."""
         folder = task if isinstance(task, TaskFolder) else self.task(task)
         return Run(folder, self.redis)
 
     def _app_ready(self) -> None:
-        """Point the Celery app at this instance's Redis before anything is sent."""
+        """Point the Celery app at this instance's Redis before anything is sent.
+
+        Before Celery has loaded its configuration the URL goes in as a pending setting
+        (reading ``app.conf`` would load it): the app's hook then finds its broker chosen and
+        never looks for one of its own, in another tasks dir.
+        """
         from mitrailleuse.pipeline.app import app
 
-        if app.conf.broker_url != self.redis_url:
+        if not app.configured or app.conf.broker_url != self.redis_url:
             app.conf.update(broker_url=self.redis_url, result_backend=self.redis_url)
+
+
+def workers_for(folder: TaskFolder, client: redis.Redis) -> dict[str, list[set[str]]]:
+    """The queues a run of ``folder`` needs, each with its live workers' key variables.
+
+    A live run needs its provider's queue and the control queue; a native batch run only the
+    control queue (beat polls the batches).
+    """
+    queues = [CONTROL_QUEUE]
+    if folder.status().mode != "batch":
+        queues.insert(0, folder.provider)
+    return liveness.serving(client, queues)

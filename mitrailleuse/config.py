@@ -3,7 +3,9 @@
 The CLI and the Python API load a config file with :func:`load_config` before anything is
 created or sent; the feeder and the workers read the saved copy back. The models accept the
 seed's template unchanged, add ``rate_limit``, ``retry`` and ``base_url`` per provider, and keep
-unknown keys (with a warning) so that a newer config still loads in an older version.
+unknown keys (with a warning naming the closest known field) so that a newer config still loads
+in an older version; ``general.strict`` or ``strict=True`` refuses them instead. The reference of
+every field is ``docs/configuration.md``; ``config.schema.json`` is :func:`json_schema`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import (
     model_serializer,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from rapidfuzz import fuzz, process
 
 from mitrailleuse.cost.pricing import ModelPrice
 from mitrailleuse.errors import ConfigError
@@ -277,6 +280,8 @@ class General(Section):
     #: Price overrides, ``{"openai": {"gpt-4o": {"input_per_mtok": 2.5, ...}}}``; the shipped
     #: table is ``mitrailleuse/cost/prices.json``.
     prices: dict[str, dict[str, ModelPrice]] = Field(default_factory=dict)
+    #: Refuse unknown keys (a typo would otherwise only be warned about, and have no effect).
+    strict: bool = False
 
 
 class TaskConfig(Section):
@@ -334,6 +339,10 @@ class Environment(BaseSettings):
     mitrailleuse_task_events: bool = False
     #: How often beat polls the native batches.
     mitrailleuse_batch_poll_s: float = Field(default=5.0, gt=0)
+    #: How workers and beat write their log lines: ``text`` for people, ``json`` for shippers.
+    mitrailleuse_log_format: Literal["text", "json"] = "text"
+    #: The module the Celery app takes its settings from (a deployment's own, or ours).
+    mitrailleuse_celery_config: str = "mitrailleuse.celeryconfig"
     #: ``user:password[,user2:password2]`` for Flower.
     flower_basic_auth: str = ""
     #: DeepL's endpoint when the config has no ``base_url`` (the DeepL SDK's own variable name).
@@ -391,10 +400,29 @@ def _given(model: Any, path: list[str]) -> bool:
     return True
 
 
+#: How alike (rapidfuzz ``ratio``, 0-100) an unknown key and a field must be to be suggested:
+#: ``batchsize`` is ``batch_size`` (95) and not ``batch`` (71).
+_CLOSE_ENOUGH = 80
+
+
 def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    """Each unknown key of ``model`` and its sections, with the field it was likely meant to be.
+
+    A plug-in provider's section is an unknown key to :class:`TaskConfig` but not a mistake:
+    its provider's model validates it (:meth:`TaskConfig.provider`).
+    """
     if getattr(model, "passes_through", False):
         return []
-    found = [f"{prefix}{key}" for key in (model.model_extra or {})]
+    extra = list(model.model_extra or {})
+    if isinstance(model, TaskConfig) and extra:
+        from mitrailleuse.providers import available_providers
+
+        extra = [key for key in extra if key not in available_providers()]
+    found = []
+    for key in extra:
+        meant = _closest_field(type(model), key)
+        hint = f" (did you mean {prefix}{meant}?)" if meant else ""
+        found.append(f"unknown key {prefix}{key}{hint}")
     for name in type(model).model_fields:
         value = getattr(model, name)
         if isinstance(value, BaseModel):
@@ -402,8 +430,34 @@ def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
     return found
 
 
-def parse_config(data: Any, source: str = "config") -> TaskConfig:
-    """Validate a config mapping; a bad value raises ConfigError naming the field."""
+def _closest_field(model: type[BaseModel], key: str) -> str | None:
+    """The field closest to ``key`` in the same section, else in a nested one (a dotted path)."""
+    for paths in (list(model.model_fields), _nested_fields(model)):
+        names = {path: path.rpartition(".")[2] for path in paths}
+        match = process.extractOne(
+            key, names, scorer=fuzz.ratio, processor=str.lower, score_cutoff=_CLOSE_ENOUGH
+        )
+        if match:
+            return match[2]
+    return None
+
+
+def _nested_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The dotted paths of the fields of every section nested in ``model``, at any depth."""
+    paths = []
+    for name, field in model.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            paths += [f"{prefix}{name}.{sub}" for sub in section.model_fields]
+            paths += _nested_fields(section, f"{prefix}{name}.")
+    return paths
+
+
+def parse_config(data: Any, source: str = "config", strict: bool = False) -> TaskConfig:
+    """Validate a config mapping; a bad value raises ConfigError naming the field.
+
+    Unknown keys are warned about, or refused with ``strict`` (or ``general.strict``).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a JSON object, got {type(data).__name__}")
     try:
@@ -411,13 +465,15 @@ def parse_config(data: Any, source: str = "config") -> TaskConfig:
     except ValidationError as error:
         raise ConfigError(_error_line(error, source)) from None
     unknown = _unknown_keys(config)
-    if unknown:
-        log.warning("%s: unknown keys kept as they are: %s", source, ", ".join(unknown))
+    if unknown and (strict or config.general.strict):
+        raise ConfigError(f"{source}: {'; '.join(unknown)}; strict mode refuses unknown keys")
+    for line in unknown:
+        log.warning("%s: %s", source, line)
     return config
 
 
-def load_config(path: Path) -> TaskConfig:
-    """Read and validate a config file."""
+def load_config(path: Path, strict: bool = False) -> TaskConfig:
+    """Read and validate a config file (``strict``: refuse unknown keys)."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -426,4 +482,12 @@ def load_config(path: Path) -> TaskConfig:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON: {error}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), strict)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``config.json``, as shipped in ``mitrailleuse/config.schema.json``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **TaskConfig.model_json_schema(),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from mitrailleuse.config import ProviderName, Proxies, TaskConfig
 from mitrailleuse.providers import available_providers, provider_class
@@ -79,8 +79,8 @@ def scrub_config(config: TaskConfig) -> dict[str, str]:
     present = set(type(config).model_fields) | set(config.model_extra or {})
     for provider in available_providers().keys() & present:
         section = config.provider(provider)
-        variables = provider_class(provider).key_variables
         if is_literal_key(getattr(section, "api_key", "")):
+            variables = provider_class(provider).key_variables
             literals[variables[0]] = section.api_key
             section.api_key = f"${{{variables[0]}}}"
             log.warning(
@@ -97,3 +97,28 @@ def redact(text: str, secret: str | None) -> str:
     if not secret:
         return text
     return text.replace(secret, "***")
+
+
+def key_variables_set(
+    providers: Iterable[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Which of these providers' key variables are set here: names only, never a value."""
+    environ = os.environ if environ is None else environ
+    known = available_providers()
+    names = {v for p in providers if p in known for v in provider_class(p).key_variables}
+    return sorted(name for name in names if environ.get(name))
+
+
+def missing_key(
+    provider: ProviderName, configured: str, workers_keys: list[set[str]]
+) -> str | None:
+    """The key variable(s) no worker serving ``provider`` has, or None if one can call it.
+
+    ``workers_keys`` are the key variables each live worker of the provider's queue has set;
+    with no worker known nothing can be said. ``create`` replaced a literal key by a reference.
+    """
+    reference = _REFERENCE.match(configured)
+    wanted = (reference.group(1),) if reference else provider_class(provider).key_variables
+    if not workers_keys or any(set(wanted) & have for have in workers_keys):
+        return None
+    return " or ".join(wanted)

@@ -9,6 +9,7 @@ anything else is a bug and keeps its traceback.
     ├── TaskNotFound           no task folder at the given path, name or number
     ├── InputError             an input path cannot be used (missing, wrong suffix)
     ├── BrokerError            no Redis to talk to (embedded one cannot start, URL unreachable)
+    │   └── BrokerNotRunning   a read-only command found no embedded Redis running (none started)
     └── ProviderError          a provider call failed; ``kind`` says retry, rate-limited or fatal
         └── QuotaExceeded      the account's quota is spent: stop sending to this provider
 """
@@ -38,3 +39,7 @@ class InputError(MitrailleuseError):
 
 class BrokerError(MitrailleuseError):
     """Redis cannot be reached or started."""
+
+
+class BrokerNotRunning(BrokerError):
+    """No embedded Redis runs, and the caller asked not to start one."""

@@ -144,3 +144,12 @@ def cache_new(run_id: str) -> str:
 def recent_answers(run_id: str) -> str:
     """List: the run's last answers ("id NUL text"), for the similarity check."""
     return f"{PREFIX}:run:{run_id}:recent"
+
+
+def serving(queue: str) -> str:
+    """Hash: owner of a worker's channel -> the key variables set where it runs (names only).
+
+    Entries of dead workers linger until a reader drops them: an owner counts only while its
+    alive key exists.
+    """
+    return f"{PREFIX}:serving:{queue}"

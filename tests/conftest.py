@@ -28,8 +28,8 @@ TEST_KEY = "canary-MITRAILLEUSE-test-key-0123456789"
 
 
 #: ``REDIS_URL`` until a test asks for Redis: nothing listens there, so a test that needs Redis
-#: without saying so fails at once, and loading ``celeryconfig`` never starts the embedded Redis
-#: in the working directory. ``pytest tests/unit`` runs with no redis-server at all.
+#: without saying so fails at once, and loading ``mitrailleuse.celeryconfig`` never starts the
+#: embedded Redis in the working directory. ``pytest tests/unit`` runs with no redis-server at all.
 NO_REDIS = "redis://127.0.0.1:9/0"
 
 

@@ -21,6 +21,10 @@ HOST = "127.0.0.1"
 #: and a slow answer only sends the caller down the locked (safe) path.
 PROBE_TIMEOUT_S = 1.0
 
+#: How long a command waits for a Redis it was given (``REDIS_URL``) to answer: a person waits
+#: seconds, not the minute of retries that lets a worker ride out a Redis restart.
+REACH_TIMEOUT_S = 5.0
+
 #: How many fresh ports to try when another program grabs the chosen one first.
 PORT_ATTEMPTS = 3
 
@@ -34,12 +38,12 @@ class Probe(Enum):
     DOWN = "down"  # nothing answers
 
 
-def _client(url: str) -> redis.Redis:
+def _client(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> redis.Redis:
     """A one-shot client: no retries, a short timeout (a probe must answer now or never)."""
     return redis.Redis.from_url(
         url,
-        socket_timeout=PROBE_TIMEOUT_S,
-        socket_connect_timeout=PROBE_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         retry_on_error=[],
     )
@@ -63,6 +67,37 @@ def probe(url: str) -> Probe:
     finally:
         client.close()
     return Probe.OK
+
+
+def unreachable_reason(url: str, timeout_s: float = REACH_TIMEOUT_S) -> str | None:
+    """Why one PING to ``url`` failed, on one line (``Connection refused``), or None if it answered.
+
+    A server still loading its AOF counts as reachable: the commands' own retries wait for it.
+    """
+    client = _client(url, timeout_s)
+    try:
+        client.ping()
+    except redis.BusyLoadingError:
+        return None
+    except (redis.RedisError, OSError) as error:
+        cause = error.__context__
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror  # the socket's own words, without redis-py's "Error 111 …"
+        return " ".join(str(error).split()).rstrip(".") or type(error).__name__
+    finally:
+        client.close()
+    return None
+
+
+def memory_and_keys(url: str) -> tuple[str, int]:
+    """What a server holds: its used memory (``1.02M``) and its keys, over every database."""
+    client = _client(url)
+    try:
+        memory = str(client.info("memory")["used_memory_human"])
+        keyspace = client.info("keyspace")
+    finally:
+        client.close()
+    return memory, sum(int(db["keys"]) for db in keyspace.values())
 
 
 def shutdown(url: str) -> None:

@@ -11,12 +11,13 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
-from mitrailleuse.cli import fleet, tasks
+from mitrailleuse.cli import broker, config, fleet, tasks
 from mitrailleuse.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, err
 from mitrailleuse.errors import MitrailleuseError
 
-__all__ = ["app", "fleet", "main", "tasks"]
+__all__ = ["app", "broker", "config", "fleet", "main", "tasks"]
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except MitrailleuseError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         code = EXIT_USAGE
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import sys
@@ -51,6 +52,8 @@ def flower(
     """
     from mitrailleuse.pipeline.fleet import celery_command
 
+    if importlib.util.find_spec("flower") is None:
+        fail("Flower is not installed: pip install 'mitrailleuse[flower]'")
     auth = Environment().flower_basic_auth
     if auth and not all(":" in pair for pair in auth.split(",")):
         fail("FLOWER_BASIC_AUTH must be user:password (several: user:password,user2:password2)")

@@ -6,29 +6,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mitrailleuse.cli.common import (
     EXIT_FAILED_ITEMS,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     ApiName,
     ConfigOption,
     InputsOption,
+    TaskArgument,
     TaskName,
-    TaskPath,
+    TaskNameOption,
+    TaskNumber,
+    TaskPathOption,
+    TaskUser,
     UserId,
     app,
     client,
     err,
     fail,
+    find_folder,
     out,
     tasks_dir,
 )
 from mitrailleuse.config import load_config
-from mitrailleuse.taskfolder import TaskFolder, find_task, iter_tasks
+from mitrailleuse.display import ProgressStyle
+from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder, iter_tasks
 
 if TYPE_CHECKING:
     from mitrailleuse.api import Progress, Run
+
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="Refuse a config with unknown keys (exit 2).")
+]
+ProgressOption = Annotated[
+    ProgressStyle,
+    typer.Option(
+        "--progress",
+        help="auto: a live line on a terminal, else plain: a line every few seconds; "
+        "none: only the end.",
+    ),
+]
 
 
 @app.command()
@@ -38,90 +58,129 @@ def create(
     task_name: TaskName,
     config: ConfigOption = None,
     inputs: InputsOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    strict: StrictOption = False,
 ) -> None:
     """Make a task folder; print its path as the last line."""
-    folder = client().create_task(user_id, api_name, task_name, config, inputs)
+    model = load_config(config, strict=strict) if config else None
+    folder = client().create_task(user_id, api_name, task_name, model, inputs)
     out.print(str(folder.path), highlight=False, soft_wrap=True)
 
 
 @app.command("list")
-def list_tasks(user_id: UserId) -> None:
-    """Tasks with their status and counts (``--user-id all`` for everyone's)."""
+def list_tasks(
+    user_id: Annotated[
+        str, typer.Option("--user-id", help="One user's tasks (all: everyone's).")
+    ] = "all",
+) -> None:
+    """Tasks with their state and counts (numbered as --task-number takes them)."""
+    folders = list(iter_tasks(tasks_dir(), user_id))
+    stalled = _stalled_reasons(folders)
     table = Table("#", "user", "task", "state", "done/total", "failed", box=None)
-    for number, folder in enumerate(iter_tasks(tasks_dir(), user_id), start=1):
+    for number, folder in enumerate(folders, start=1):
         status = folder.status()
         counts = status.counts
         table.add_row(
             str(number),
             folder.user_id,
             folder.name,
-            status.state,
+            "stalled" if folder.path in stalled else status.state,
             f"{counts.done}/{counts.total}",
             str(counts.failed),
         )
     out.print(table)
+    for path, reason in stalled.items():
+        err.print(f"stalled: {path.name}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _stalled_reasons(folders: list[TaskFolder]) -> dict[Path, str]:
+    """Why each unfinished task cannot move now (no broker, no worker), by its path."""
+    running = [f for f in folders if f.status().state not in FINAL_STATES | {"created"}]
+    if not running:
+        return {}
+    api = client(start_broker=False)
+    found = {}
+    for folder in running:
+        reason = api.get_run(folder).stalled()
+        if reason:
+            found[folder.path] = reason
+    return found
 
 
 @app.command()
-def get(task_path: TaskPath) -> None:
+def get(
+    path: TaskArgument = None,
+    task_path: TaskPathOption = None,
+    user_id: TaskUser = None,
+    task_name: TaskNameOption = None,
+    task_number: TaskNumber = None,
+) -> None:
     """One task's status, counts and paths."""
-    from mitrailleuse.taskfolder import open_task
-
-    folder = open_task(tasks_dir(), task_path)
+    folder = find_folder(path, task_path, user_id, task_name, task_number)
     status = folder.status()
     out.print_json(status.model_dump_json())
-    for label, path in (
+    for label, where in (
         ("config", folder.config_path),
         ("inputs", folder.inputs_dir),
         ("results", folder.results_path),
         ("errors", folder.errors_path),
         ("summary", folder.summary_path),
     ):
-        out.print(f"{label:8} {path}", highlight=False, soft_wrap=True)
+        out.print(f"{label:8} {where}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def execute(
-    task_path: Annotated[Path | None, typer.Option("--task-path", help="The task folder.")] = None,
-    user_id: Annotated[str | None, typer.Option("--user-id")] = None,
-    task_name: Annotated[str | None, typer.Option("--task-name")] = None,
-    task_number: Annotated[
-        int | None, typer.Option("--task-number", help="As `list` numbers it.")
-    ] = None,
+    path: TaskArgument = None,
+    task_path: TaskPathOption = None,
+    user_id: TaskUser = None,
+    task_name: TaskNameOption = None,
+    task_number: TaskNumber = None,
     detach: Annotated[bool, typer.Option("--detach", help="Return once submitted.")] = False,
     estimate: Annotated[
         bool, typer.Option("--estimate", help="Print the projected tokens and cost; call nothing.")
     ] = False,
+    progress: ProgressOption = ProgressStyle.AUTO,
 ) -> None:
-    """Submit a task to the fleet; by default wait, with a progress bar."""
-    api = client()
-    if task_path is not None:
-        folder = api.task(task_path)
-    elif user_id is not None and (task_name is not None or task_number is not None):
-        folder = find_task(api.tasks_dir, user_id, task_name, task_number)
-    else:
-        fail("give --task-path, or --user-id with --task-name or --task-number")
+    """Send a task to the fleet and, unless --detach, wait showing its progress."""
+    folder = find_folder(path, task_path, user_id, task_name, task_number)
     if estimate:
         _print_estimate(folder)
         return
+    api = client()
+    _check_fleet(api, folder)
     run = api.submit(folder)
-    _warn_if_unserved(folder.provider)
     out.print(f"submitted run {run.run_id} of {folder.path}", highlight=False, soft_wrap=True)
     if detach:
         return
-    _finish(run)
+    try:
+        _finish(run, progress)
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: the run goes on in the fleet; follow it with "
+            f"`mitrailleuse status {folder.path}`",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _print_estimate(folder: TaskFolder) -> None:
+    from rich.markup import escape
+
     from mitrailleuse.cost.estimate import estimate
 
     found = estimate(folder)
     table = Table(title=f"estimate: {folder.path.name}", show_header=False)
     table.add_row("provider / model", f"{found.provider} / {found.model}")
     table.add_row("mode", "native batch (discounted)" if found.batch else "realtime")
-    table.add_row(
-        "items sent", f"{found.items:,}" + (f" ({found.invalid:,} invalid)" * bool(found.invalid))
-    )
+    sent = f"{found.items:,}"
+    if found.invalid:
+        top = list(found.reasons.items())
+        why = ", ".join(
+            f"{count:,} \N{MULTIPLICATION SIGN} {escape(reason)}" for reason, count in top[:3]
+        )
+        sent += f" ({found.invalid:,} invalid: {why}{', …' * (len(top) > 3)})"
+    table.add_row("items sent", sent)
     table.add_row(f"prompt {found.unit}", f"{found.prompt_units:,}")
     if found.unit == "tokens":
         table.add_row("completion tokens, at most", f"{found.completion_budget:,} (max_tokens)")
@@ -134,42 +193,79 @@ def _print_estimate(folder: TaskFolder) -> None:
     out.print(table)
 
 
-def _warn_if_unserved(provider: str) -> None:
-    from mitrailleuse.pipeline.fleet import queues_served
-    from mitrailleuse.pipeline.queues import CONTROL_QUEUE
+def _check_fleet(api: object, folder: TaskFolder) -> None:
+    """Refuse a run no worker could call for (its key missing); warn when no worker serves it."""
+    from mitrailleuse.credentials import missing_key
 
-    missing = {provider, CONTROL_QUEUE} - queues_served()
+    provider = folder.provider
+    served = api.workers(folder)  # type: ignore[attr-defined]
+    key = getattr(folder.config().provider(provider), "api_key", "")
+    missing = missing_key(provider, key, served.get(provider, []))
     if missing:
+        count = len(served[provider])
+        fail(
+            f"{missing} is not set where the {count} worker(s) serving {provider} run: "
+            "set it there and restart them"
+        )
+    unserved = sorted(queue for queue, workers in served.items() if not workers)
+    if unserved:
         err.print(
-            f"[yellow]warning:[/yellow] no worker serves {', '.join(sorted(missing))}: "
+            f"[yellow]warning:[/yellow] no worker serves {', '.join(unserved)}: "
             "start one with `mitrailleuse worker` (the run waits in Redis until then)"
         )
 
 
-def _finish(run: Run) -> NoReturn:
+def _finish(run: Run, style: ProgressStyle) -> NoReturn:
     from mitrailleuse.display import follow
 
-    _report(run.folder, follow(run))
+    _report(run.folder, follow(run, style))
 
 
 def _report(folder: TaskFolder, progress: Progress) -> NoReturn:
-    from mitrailleuse.display import summary_line
+    from mitrailleuse.display import digest_lines, summary_line
 
     out.print(summary_line(progress), highlight=False)
+    summary = folder.summary()
+    if summary.get("run_id") == folder.status().run_id:
+        for line in digest_lines(summary.get("failures") or {}):
+            out.print(escape(line), highlight=False, soft_wrap=True)
+        if pace := _pace_hint(folder, summary):
+            out.print(f"hint: {pace}", highlight=False, soft_wrap=True)
     out.print(str(folder.results_path), highlight=False, soft_wrap=True)
     ok = progress.state == "completed" and progress.failed == 0
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED_ITEMS)
 
 
+def _pace_hint(folder: TaskFolder, summary: dict) -> str | None:
+    from mitrailleuse.hints import pace_hint
+    from mitrailleuse.providers import provider_class
+    from mitrailleuse.ratelimit import Limits
+
+    if summary.get("mode") == "batch":
+        return None
+    provider = folder.provider
+    limits = Limits.resolve(provider, folder.config().provider(provider).rate_limit)
+    return pace_hint(summary, limits, provider_class(provider).max_items_per_call == 1)
+
+
 @app.command()
-def status(task_path: Annotated[Path, typer.Argument(help="The task folder.")]) -> None:
-    """A run's state and counts, live while it goes on."""
+def status(
+    path: TaskArgument = None,
+    task_path: TaskPathOption = None,
+    user_id: TaskUser = None,
+    task_name: TaskNameOption = None,
+    task_number: TaskNumber = None,
+) -> None:
+    """A run's state and counts; says when no worker serves it."""
     from mitrailleuse.display import rates_line, summary_line
 
-    api = client()
-    run = api.get_run(api.task(task_path))
+    folder = find_folder(path, task_path, user_id, task_name, task_number)
+    run = client(start_broker=False).get_run(folder)
     progress = run.progress()
-    out.print(summary_line(progress), highlight=False)
+    line = summary_line(progress)
+    if not progress.finished and (reason := run.stalled()):
+        line = f"stalled ({reason}): " + line.partition(": ")[2]
+    out.print(line, highlight=False, soft_wrap=True)
     if not progress.finished:
         out.print(f"fleet: {rates_line(run.rates())}", highlight=False)
     if batches := run.batches():
@@ -179,11 +275,17 @@ def status(task_path: Annotated[Path, typer.Argument(help="The task folder.")]) 
 
 
 @app.command()
-def cancel(task_path: Annotated[Path, typer.Argument(help="The task folder.")]) -> None:
-    """Stop dispatching a run: in-flight items finish; the status becomes ``cancelled``."""
-    api = client()
-    api.get_run(api.task(task_path)).cancel()
-    out.print(f"cancelled {task_path}", highlight=False, soft_wrap=True)
+def cancel(
+    path: TaskArgument = None,
+    task_path: TaskPathOption = None,
+    user_id: TaskUser = None,
+    task_name: TaskNameOption = None,
+    task_number: TaskNumber = None,
+) -> None:
+    """Stop a run: nothing new is sent; in-flight items finish."""
+    folder = find_folder(path, task_path, user_id, task_name, task_number)
+    client().get_run(folder).cancel()
+    out.print(f"cancelled {folder.path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -191,15 +293,37 @@ def run(
     api_name: ApiName,
     inputs: InputsOption,
     config: ConfigOption = None,
-    user_id: Annotated[str, typer.Option("--user-id")] = "local",
-    task_name: Annotated[str, typer.Option("--task-name")] = "run",
-    concurrency: Annotated[int | None, typer.Option("-c", "--concurrency")] = None,
+    user_id: Annotated[str, typer.Option("--user-id", help="Who the task belongs to.")] = "local",
+    task_name: Annotated[str, typer.Option("--task-name", help="A name for the task.")] = "run",
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "-c",
+            "--concurrency",
+            help="Threads of the worker run starts (default 64).",
+            show_default=False,
+        ),
+    ] = None,
+    progress: ProgressOption = ProgressStyle.AUTO,
+    strict: StrictOption = False,
 ) -> None:
-    """Create + execute + wait, starting a broker and a worker when none is there."""
-    from mitrailleuse.local import run_locally
+    """Create and execute a task here, starting a broker and a worker if needed."""
+    from mitrailleuse.local import Interrupted, run_locally
 
     if not inputs:
         fail("give at least one --input file")
-    model = load_config(config) if config else None
-    folder, progress = run_locally(api_name, inputs, model, user_id, task_name, concurrency)
-    _report(folder, progress)
+    model = load_config(config, strict=strict) if config else None
+    try:
+        folder, ended = run_locally(
+            api_name, inputs, model, user_id, task_name, concurrency, progress
+        )
+    except Interrupted as stopped:
+        err.print(
+            "interrupted: the items with a record are kept; resume with "
+            f"`mitrailleuse execute {stopped.folder.path}` once a worker runs "
+            "(`mitrailleuse worker`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _report(folder, ended)

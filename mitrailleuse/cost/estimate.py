@@ -8,6 +8,8 @@ completion at its budget; real answers are usually far shorter than the budget.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 from mitrailleuse.cost.pricing import ModelPrice, price_of, worst_case_usd
@@ -24,10 +26,16 @@ class Estimate:
     model: str
     batch: bool
     items: int
-    invalid: int
+    #: How many items cannot be sent, for each reason, most frequent first.
+    reasons: dict[str, int]
     prompt_units: int
     completion_budget: int
     price: ModelPrice | None
+
+    @property
+    def invalid(self) -> int:
+        """How many items cannot be sent."""
+        return sum(self.reasons.values())
 
     @property
     def unit(self) -> str:
@@ -43,6 +51,10 @@ class Estimate:
         return cost * (1 - self.price.batch_discount) if self.batch else cost
 
 
+#: Where in its file an item is (``line 7: ``): dropped, so that one reason counts its items.
+_LOCATION = re.compile(r"^(line|element) \d+: ")
+
+
 def estimate(folder: TaskFolder) -> Estimate:
     """Read the task's inputs and size the run they make (sampling applies)."""
     config = folder.config()
@@ -51,14 +63,15 @@ def estimate(folder: TaskFolder) -> Estimate:
     provider = provider_class(name)(section, None)
     sampling = config.general.sampling
     limit = sampling.sample_size if sampling.enable_sampling else None
-    items = invalid = prompt = completion = 0
+    items = prompt = completion = 0
+    reasons: Counter[str] = Counter()
     for item, _ in iter_items(folder.input_files(), limit=limit):
         try:
             if item.data is None:
                 raise InvalidItem(item.error or "invalid")
             payload = provider.build_request(item.data, section)
-        except InvalidItem:
-            invalid += 1
+        except InvalidItem as error:
+            reasons[_LOCATION.sub("", str(error))] += 1
             continue
         units, budget = provider.cost_units([payload])
         items, prompt, completion = items + 1, prompt + units, completion + budget
@@ -67,7 +80,7 @@ def estimate(folder: TaskFolder) -> Estimate:
         model=provider.model,
         batch=section.batch.is_batch_active and provider.supports_native_batch,
         items=items,
-        invalid=invalid,
+        reasons=dict(reasons.most_common()),
         prompt_units=prompt,
         completion_budget=completion,
         price=price_of(name, provider.model, config.general.prices),

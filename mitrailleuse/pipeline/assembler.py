@@ -16,6 +16,7 @@ import orjson
 
 from mitrailleuse import keys
 from mitrailleuse.atomic import atomic_file, write_atomic, write_json
+from mitrailleuse.hints import hint
 from mitrailleuse.pipeline.cache import save_new_answers
 from mitrailleuse.pipeline.chunks import items_in_chunk, part_files, part_path
 from mitrailleuse.pipeline.run_state import COUNT_FIELDS, RunState, count_record, new_counts
@@ -92,8 +93,8 @@ def fail_run(run: RunState, message: str) -> None:
 def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None = None) -> None:
     """Concatenate the part files into the run's outputs, in input order."""
     save_new_answers(run.redis, run.run_id, folder.cache_dir)
-    tally = _concatenate(folder)
     status = folder.status()
+    tally = _concatenate(folder, status.provider)
     finished = now()
     counts = Counts(total=status.counts.total, **{f: tally.counts[f] for f in COUNT_FIELDS})
     started = status.started_at or status.created_at
@@ -121,10 +122,10 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
     run.retire()
 
 
-def _concatenate(folder: TaskFolder) -> _Tally:
+def _concatenate(folder: TaskFolder, provider: str) -> _Tally:
     """Write ``results.jsonl`` and ``errors.jsonl`` from the part files; what they hold."""
     folder.outputs_dir.mkdir(exist_ok=True)
-    tally = _Tally()
+    tally = _Tally(provider)
     with ExitStack() as stack:
         results = stack.enter_context(atomic_file(folder.results_path, buffering=1 << 20))
         errors = stack.enter_context(atomic_file(folder.errors_path, buffering=1 << 20))
@@ -144,8 +145,11 @@ def _concatenate(folder: TaskFolder) -> _Tally:
 class _Tally:
     """Counts, tokens, cost and latency of the records streamed through the assembler."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
         self.counts = new_counts()
+        #: error type -> how many failed records have it, the first one's id and message.
+        self.failures: dict[str, dict[str, Any]] = {}
         self.tokens = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 0)
         self.attempts = 0
         self.latencies: list[int] = []
@@ -162,6 +166,20 @@ class _Tally:
         self.attempts += record.get("attempts") or 0
         if record.get("latency_ms") is not None:
             self.latencies.append(record["latency_ms"])
+        if record["status"] != "succeeded":
+            self._add_failure(record.get("error") or {}, record["id"])
+
+    def _add_failure(self, error: dict[str, Any], item_id: str) -> None:
+        kind = error.get("type") or "unknown"
+        if kind in self.failures:
+            self.failures[kind]["count"] += 1
+            return
+        self.failures[kind] = {
+            "count": 1,
+            "first_id": item_id,
+            "first_message": error.get("message"),
+            "hint": hint(kind, self.provider),
+        }
 
     def totals(self) -> dict[str, Any]:
         latency: dict[str, float] = {}
@@ -173,4 +191,5 @@ class _Tally:
             "cost_usd": round(self.cost_usd, 8),
             "attempts": self.attempts,
             "latency_ms": latency,
+            "failures": dict(sorted(self.failures.items(), key=lambda kv: -kv[1]["count"])),
         }

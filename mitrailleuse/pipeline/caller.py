@@ -27,6 +27,7 @@ from mitrailleuse.config import RetryPolicy, TaskConfig, parse_config
 from mitrailleuse.cost.limit import CostLimit, Reservation
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key, resolve_proxies
+from mitrailleuse.logs import shortened, shown_ids
 from mitrailleuse.pipeline import liveness
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
 from mitrailleuse.pipeline.chunks import group_calls
@@ -46,6 +47,8 @@ MAX_CACHED_RUNS = 16
 #: How soon an item held by a live call elsewhere (a copy of its message, or an identical
 #: request) is looked at again.
 CLAIM_POLL_S = 1.0
+#: Why such items wait (the log line's reason).
+HELD = "held by a call elsewhere"
 #: How soon a call the cost limit cannot cover yet (other calls hold reservations) asks again.
 COST_POLL_S = 0.5
 
@@ -179,7 +182,7 @@ def _call(
         worst = worst_case_usd(context.price, *provider.cost_units(payloads))
     with context.cost_limit.reserved(worst, holder) as reservation:
         if reservation is Reservation.WAIT:
-            return CallOutcome(retry_in_s=COST_POLL_S, limited=True)
+            return _put_off(run, provider, pending, COST_POLL_S, "cost limit", limited=True)
         if reservation is Reservation.EXHAUSTED:
             limit, spent = context.cost_limit.limit_usd, run.spent_usd()
             run.stop("stopped_budget", f"cost limit ${limit:g} reached: ${spent:.6f} spent")
@@ -191,14 +194,40 @@ def _call(
             context.limiter, provider.estimate_tokens(payloads), section.timeout_s, claims
         )
         if isinstance(turn, Held):
-            return CallOutcome(retry_in_s=CLAIM_POLL_S if turn.waiting else None)
+            waiting = _waiting(pending, turn.items)
+            if not waiting:
+                return CallOutcome()  # cancelled, or every item is recorded
+            return _put_off(run, provider, waiting, CLAIM_POLL_S, HELD)
         if not isinstance(turn, Grant):
-            return CallOutcome(retry_in_s=turn, limited=True)
+            return _put_off(run, provider, pending, turn, "rate budget", limited=True)
         with run.holding(claims.held_keys(turn.items)) as held:
             outcome = _call_claimed(run, chunk, context, pending, turn, held, hashes)
-        if any(state in WAITING for state in turn.items):
-            outcome.add(CallOutcome(retry_in_s=CLAIM_POLL_S))
+        waiting = _waiting(pending, turn.items)
+        if waiting:
+            outcome.add(_put_off(run, provider, waiting, CLAIM_POLL_S, HELD))
         return outcome
+
+
+def _waiting(pending: list[dict[str, Any]], states: tuple[ItemState, ...]) -> list[dict[str, Any]]:
+    """The items a live call elsewhere sends (a cancelled run's Held has no states: none)."""
+    return [item for item, state in zip(pending, states, strict=False) if state in WAITING]
+
+
+def _put_off(
+    run: RunState,
+    provider: Provider,
+    items: list[dict[str, Any]],
+    wait_s: float,
+    reason: str,
+    limited: bool = False,
+) -> CallOutcome:
+    """Items sent again later without using an attempt, in one INFO line saying why."""
+    ids = [item["id"] for item in items]
+    extra = {"run": run.run_id, "items": ids, "provider": provider.name, "wait_s": wait_s}
+    log.info(
+        "wait run=%s items=%s %.1fs: %s", run.run_id, shown_ids(ids), wait_s, reason, extra=extra
+    )
+    return CallOutcome(retry_in_s=wait_s, limited=limited)
 
 
 def _call_claimed(
@@ -227,7 +256,7 @@ def _call_claimed(
             context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
         return _after_error(run, chunk, provider, items, error, attempt, section.retry)
     except Exception as error:  # a bug or an SDK surprise must not stall the chord
-        log.exception("unexpected error calling %s", provider.name)
+        log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
         wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
         return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
     context.limiter.observe(result.headers)
@@ -290,7 +319,10 @@ def _store_answers(
     kept = [(o, record) for o, record in records.items() if o not in reask]
     stored = run.store_records(chunk, kept, release=held)
     if reask:
-        return CallOutcome(stored, similarity.settings.cooldown_period, reask)
+        wait_s = similarity.settings.cooldown_period
+        ids = [item.id for item in items if item.ordinal in reask]
+        _log_retry(run, provider, ids, attempt + 1, wait_s, "answer too like a recent one")
+        return CallOutcome(stored, wait_s, reask)
     return CallOutcome(stored)
 
 
@@ -345,6 +377,17 @@ def _after_error(
 ) -> CallOutcome:
     decision = after_error(error, attempt, policy)
     if decision.verdict is Verdict.RETRY:
+        _log_retry(
+            run,
+            provider,
+            [item.id for item in items],
+            attempt + 1,
+            decision.wait_s,
+            _error_line(error.as_record_error()),
+            max_attempts=policy.max_attempts,
+            error_type=error.type,
+            status_code=error.status_code,
+        )
         return CallOutcome(retry_in_s=decision.wait_s, attempted={item.ordinal for item in items})
     if decision.verdict is Verdict.HALT:
         run.halt(error.message)
@@ -359,8 +402,62 @@ def _store_failed(
     error: dict[str, Any],
     attempts: int,
 ) -> CallOutcome:
+    """Failed records for ``items``, each in one WARNING line: its error, not its request."""
     records = [
         (item.ordinal, failed(item, provider.name, provider.model, error, attempts))
         for item in items
     ]
+    for item in items:
+        log.warning(
+            "failed run=%s item=%s after %d attempt(s): %s %s",
+            run.run_id,
+            item.id,
+            attempts,
+            provider.name,
+            _error_line(error),
+            extra={
+                "run": run.run_id,
+                "item": item.id,
+                "provider": provider.name,
+                "attempt": attempts,
+                "error_type": error["type"],
+                "status_code": error["status_code"],
+            },
+        )
     return CallOutcome(stored=run.store_records(chunk, records))
+
+
+def _log_retry(
+    run: RunState,
+    provider: Provider,
+    ids: list[str],
+    attempt: int,
+    wait_s: float,
+    reason: str,
+    max_attempts: int | None = None,
+    **known: Any,
+) -> None:
+    """One INFO line for items sent again, using an attempt: when, which attempt, and why."""
+    log.info(
+        "retry run=%s items=%s attempt %s in %.1fs: %s %s",
+        run.run_id,
+        shown_ids(ids),
+        f"{attempt}/{max_attempts}" if max_attempts else attempt,
+        wait_s,
+        provider.name,
+        reason,
+        extra={
+            "run": run.run_id,
+            "items": ids,
+            "provider": provider.name,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "wait_s": wait_s,
+            **known,
+        },
+    )
+
+
+def _error_line(error: dict[str, Any]) -> str:
+    """A record's error for a log line (``http_503: <message>``): never its request."""
+    return f"{error['type']}: {shortened(error['message'])}"

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import redis
@@ -172,3 +172,39 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def announce(client: redis.Redis, owner: str, queues: Iterable[str], keys_set: list[str]) -> None:
+    """Say that ``owner`` serves ``queues``, with these key variables set (names, never values).
+
+    Written once per channel: the announcement lives as long as ``owner``'s alive key.
+    """
+    value = ",".join(sorted(keys_set))
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.hset(keys.serving(queue), owner, value)
+    pipe.execute()
+
+
+def serving(client: redis.Redis, queues: Iterable[str]) -> dict[str, list[set[str]]]:
+    """The live workers of each queue, as the key variables each has; dead entries dropped."""
+    queues = list(queues)
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.hgetall(keys.serving(queue))
+    entries = dict(zip(queues, pipe.execute(), strict=True))
+    owners = sorted({owner for found in entries.values() for owner in found})
+    for owner in owners:
+        pipe.exists(keys.alive(owner.decode()))
+    alive = {owner for owner, live in zip(owners, pipe.execute(), strict=True) if live}
+    found: dict[str, list[set[str]]] = {}
+    for queue, announced in entries.items():
+        found[queue] = [_names(value) for owner, value in announced.items() if owner in alive]
+        if dead := [o for o in announced if o not in alive]:
+            pipe.hdel(keys.serving(queue), *dead)
+    pipe.execute()
+    return found
+
+
+def _names(value: bytes) -> set[str]:
+    return set(value.decode().split(",")) - {""}

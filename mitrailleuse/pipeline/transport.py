@@ -19,8 +19,9 @@ unrecoverable error and exits. Here it is a ``ConnectionError``, which kombu and
 survive; the message stays unacknowledged and comes back as above, and the record store makes
 the redelivery harmless.
 
-Set by ``celeryconfig.py`` (``broker_transport``) for every process of the fleet; the worker's
-part (:class:`DeliveryKeeper`) is a consumer bootstep added by :mod:`mitrailleuse.pipeline.app`.
+Set by ``mitrailleuse.celeryconfig`` (``broker_transport``) for every process of the fleet; the
+worker's part (:class:`DeliveryKeeper`) is a consumer bootstep added by
+:mod:`mitrailleuse.pipeline.app`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Message
 
 from mitrailleuse import keys
+from mitrailleuse.credentials import key_variables_set
 from mitrailleuse.pipeline import liveness
 from mitrailleuse.pipeline.run_state import redis_client
 
@@ -172,6 +174,8 @@ class DeliveryKeeper(bootsteps.StartStopStep):
             self.heartbeat.on_beat(self._restore)
         self.owner = parent.task_consumer.channel.owner
         self.heartbeat.keep_alive(self.owner)
+        queues = [queue.name for queue in parent.task_consumer.queues]
+        liveness.announce(self.heartbeat.redis, self.owner, queues, key_variables_set(queues))
 
     def stop(self, parent: Any) -> None:
         """The channel is being closed: its deliveries are dead from now on."""

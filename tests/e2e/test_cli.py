@@ -119,7 +119,8 @@ def test_run_executes_on_the_embedded_broker(workdir, sim):
     results = Path(done.stdout.strip().splitlines()[-1])
     lines = results.read_text().splitlines()
     assert len(lines) == 40 and all('"succeeded"' in line for line in lines)
-    assert not (workdir / ".mitrailleuse" / "redis" / "url").exists(), "embedded Redis left running"
+    home = workdir / "tasks" / ".mitrailleuse" / "redis"
+    assert (home / "redis.conf").exists() and not (home / "url").exists(), "Redis left running"
 
 
 def test_run_exits_1_when_items_fail(workdir, sim):

@@ -61,7 +61,7 @@ def test_embedded_redis_killed_under_run(tmp_path, sim):
     run = subprocess.Popen(
         [*command, "--input", "q.jsonl"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
     )
-    embedded = EmbeddedRedis(tmp_path / ".mitrailleuse" / "redis")
+    embedded = EmbeddedRedis(tmp_path / "tasks" / ".mitrailleuse" / "redis")
     deadline = time.monotonic() + 60
     while sim.stats()["chat_requests"] < 60:
         assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"

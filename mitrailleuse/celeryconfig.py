@@ -1,4 +1,4 @@
-"""Celery settings of the Mitrailleuse fleet (``app.config_from_object("celeryconfig")``).
+"""Celery settings of the Mitrailleuse fleet, which ``mitrailleuse.pipeline.app`` loads.
 
 Every worker, beat and Flower process loads this module; importing it starts nothing. Broker
 and result backend are the same Redis: ``REDIS_URL``, or the embedded server under
@@ -6,6 +6,10 @@ and result backend are the same Redis: ``REDIS_URL``, or the embedded server und
 is loaded (set ``broker_url`` here to choose another).
 Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``,
 ``MITRAILLEUSE_TASK_EVENTS``.
+
+A deployment names its own settings module with ``MITRAILLEUSE_CELERY_CONFIG`` (a module path
+such as ``mysite.celery_settings``, importable by every process of the fleet); that module
+usually starts with ``from mitrailleuse.celeryconfig import *`` and changes what it must.
 """
 
 from kombu import Queue
@@ -17,7 +21,7 @@ _environment = Environment()
 # kombu's Redis transport, with each delivery owned by the channel that received it: the
 # messages of a dead worker (or of a channel dropped when Redis went away) come back to their
 # queue within seconds, and a late ack on a dropped channel cannot make a worker exit
-# (see the module). A deployment's own celeryconfig.py must keep this line.
+# (see the module). A deployment's own settings module must keep this line.
 broker_transport = "mitrailleuse.pipeline.transport:Transport"
 broker_connection_retry_on_startup = True
 

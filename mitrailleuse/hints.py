@@ -1,0 +1,71 @@
+"""What to do about a failure: one short hint per error type, shown in the end-of-run digest.
+
+The digest (``summary.json``'s ``failures``, and the lines ``run`` and ``execute`` print) groups
+a run's failed records by ``error.type``; a hint turns a count into a next step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitrailleuse.providers import available_providers, provider_class
+from mitrailleuse.ratelimit import Limits
+
+_HINTS = {
+    "invalid_input": "fix those input lines (errors.jsonl names each) and execute again",
+    "http_400": "the provider refused the request: check the model and api_information.setting",
+    "http_401": "the provider refused the key: check it where the workers run",
+    "http_403": "the key may not use this model or endpoint",
+    "http_404": "unknown model or endpoint: check api_information.model and base_url",
+    "http_413": "the request is too large for the model: shorten those items",
+    "http_422": "the provider could not process the request: check the settings",
+    "rate_limited": "the provider kept answering 429: lower rate_limit to your account's limits",
+    "timeout": "calls outlived timeout_s: raise it, or check the provider's status",
+    "connection_error": "the provider could not be reached: check base_url and proxies",
+    "invalid_response": "the provider's answers were unreadable: check base_url",
+    "quota_exceeded": "the account is out of quota: top it up, then execute again",
+    "batch_expired": "the native batch expired twice: execute again to resend those items",
+    "batch_missing": "the native batch lost those items twice: execute again to resend them",
+}
+
+
+def hint(error_type: str, provider: str) -> str | None:
+    """The next step for ``error_type`` failures of ``provider``, if there is a known one."""
+    if error_type == "missing_api_key":
+        variables = (
+            provider_class(provider).key_variables if provider in available_providers() else ()
+        )
+        where = " or ".join(variables) or "the provider's key"
+        return f"set {where} where the workers run"
+    if error_type.startswith("http_5"):
+        return "the provider failed every attempt: try again later"
+    return _HINTS.get(error_type)
+
+
+#: A run that used this share of a limit over its whole duration was held to it.
+_HELD_SHARE = 0.8
+#: Shorter runs say nothing about their pace (the budget starts full).
+_PACE_MIN_S = 10.0
+
+
+def pace_hint(summary: dict[str, Any], limits: Limits, one_item_per_call: bool) -> str | None:
+    """A hint when the rate budget, not the provider, set the run's pace."""
+    minutes = (summary.get("duration_s") or 0) / 60
+    if minutes * 60 < _PACE_MIN_S:
+        return None
+    field = f"{summary.get('provider')}.rate_limit"
+    calls = summary.get("attempts") or 0
+    if one_item_per_call and calls / minutes >= _HELD_SHARE * limits.requests_per_minute:
+        return (
+            f"the rate budget set the pace: {calls / minutes:.0f} requests/min against "
+            f"{field}.requests_per_minute {limits.requests_per_minute}; raise it if your "
+            "account allows more"
+        )
+    tokens = (summary.get("tokens") or {}).get("total_tokens") or 0
+    if limits.tokens_per_minute and tokens / minutes >= _HELD_SHARE * limits.tokens_per_minute:
+        return (
+            f"the rate budget set the pace: {tokens / minutes:,.0f} tokens/min against "
+            f"{field}.tokens_per_minute {limits.tokens_per_minute:,}; raise it if your "
+            "account allows more"
+        )
+    return None
