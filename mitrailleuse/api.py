@@ -79,6 +79,14 @@ class Progress:
         return self.state in FINAL_STATES
 
 
+def folder_progress(folder: TaskFolder) -> Progress:
+    """A run's progress as its task folder last recorded it (what is left without Redis)."""
+    status = folder.status()
+    summary = folder.summary()
+    spent = summary.get("cost_usd", 0.0) if summary.get("run_id") == status.run_id else 0.0
+    return Progress(state=status.state, **status.counts.model_dump(), spent_usd=spent)
+
+
 ProgressCallback = Callable[["Run", Progress], None]
 ItemCallback = Callable[["Run", dict[str, Any]], None]
 CompleteCallback = Callable[["Run"], None]
@@ -117,9 +125,7 @@ class Run:
                     state = "stopping" if info.get("stop_state") else "cancelling"
                 spent = float(info.get("spent_usd") or 0.0)
                 return Progress(state=state, **run.counts(info), spent_usd=spent)
-        summary = self.folder.summary()
-        spent = summary.get("cost_usd", 0.0) if summary.get("run_id") == status.run_id else 0.0
-        return Progress(state=status.state, **status.counts.model_dump(), spent_usd=spent)
+        return folder_progress(self.folder)
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> Progress:
         """Block until the run ends; raises TimeoutError after ``timeout`` seconds."""

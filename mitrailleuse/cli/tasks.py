@@ -33,6 +33,7 @@ from mitrailleuse.cli.common import (
 )
 from mitrailleuse.config import load_config
 from mitrailleuse.display import ProgressStyle
+from mitrailleuse.errors import BrokerNotRunning
 from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder, iter_tasks
 
 if TYPE_CHECKING:
@@ -97,13 +98,12 @@ def _stalled_reasons(folders: list[TaskFolder]) -> dict[Path, str]:
     running = [f for f in folders if f.status().state not in FINAL_STATES | {"created"}]
     if not running:
         return {}
-    api = client(start_broker=False)
-    found = {}
-    for folder in running:
-        reason = api.get_run(folder).stalled()
-        if reason:
-            found[folder.path] = reason
-    return found
+    try:
+        api = client(start_broker=False)
+        reasons = {folder.path: api.get_run(folder).stalled() for folder in running}
+    except BrokerNotRunning:
+        return dict.fromkeys((folder.path for folder in running), "no broker is running")
+    return {path: reason for path, reason in reasons.items() if reason}
 
 
 @app.command()
@@ -257,15 +257,23 @@ def status(
     task_number: TaskNumber = None,
 ) -> None:
     """A run's state and counts; says when no worker serves it."""
+    from mitrailleuse.api import folder_progress
     from mitrailleuse.display import rates_line, summary_line
 
     folder = find_folder(path, task_path, user_id, task_name, task_number)
-    run = client(start_broker=False).get_run(folder)
-    progress = run.progress()
+    try:
+        run = client(start_broker=False).get_run(folder)
+        progress = run.progress()
+    except BrokerNotRunning:
+        run, progress = None, folder_progress(folder)
     line = summary_line(progress)
-    if not progress.finished and (reason := run.stalled()):
-        line = f"stalled ({reason}): " + line.partition(": ")[2]
+    if not progress.finished:
+        reason = run.stalled() if run is not None else "no broker is running"
+        if reason:
+            line = f"stalled ({reason}): " + line.partition(": ")[2]
     out.print(line, highlight=False, soft_wrap=True)
+    if run is None:
+        return
     if not progress.finished:
         out.print(f"fleet: {rates_line(run.rates())}", highlight=False)
     if batches := run.batches():

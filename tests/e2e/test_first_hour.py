@@ -277,12 +277,18 @@ def test_ctrl_c_during_run_says_how_to_resume(tmp_path, local_env):
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
-    while not list((tmp_path / "tasks").glob("local/*/outputs/parts/*")):
-        assert time.monotonic() < deadline and process.poll() is None, "no chunk written"
-        time.sleep(0.2)
+    while not re.search(r"running: [1-9]\d*/200", _status_of_local_run(tmp_path, local_env)):
+        assert time.monotonic() < deadline and process.poll() is None, "no item done"
+        time.sleep(0.5)
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     _, stderr = process.communicate(timeout=90)
     assert process.returncode == 130, stderr[-2000:]
     (folder,) = (tmp_path / "tasks" / "local").iterdir()
     assert f"resume with `mitrailleuse execute {folder}`" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr
+
+
+def _status_of_local_run(tmp_path: Path, env: dict[str, str]) -> str:
+    if not list((tmp_path / "tasks").glob("local/*/status.json")):
+        return ""
+    return cli("status", "--user-id", "local", "--task-name", "run", cwd=tmp_path, env=env).stdout

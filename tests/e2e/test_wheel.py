@@ -39,6 +39,16 @@ class Installed:
     site_packages: Path
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the repo's setup: no PYTHONPATH, no keys, no Redis.
+
+    Other tests leave ``PYTHONPATH`` pointing at the repository (whose egg-info pip would take
+    for an installed mitrailleuse); the build and the install must not see it either.
+    """
+    prefixes = ("MITRAILLEUSE_", "OPENAI_", "DEEPSEEK_", "DEEPL_", "REDIS_", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(prefixes)}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """Build the wheel from a copy of the tree (nothing is written into the repository)."""
@@ -51,17 +61,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             shutil.copytree(REPO / name, source / name, ignore=ignore)
         else:
             shutil.copy2(REPO / name, source / name)
+    env = clean_environment()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", root / "dist", source], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", root / "dist", source], env=env, check=True)
     (wheel,) = (root / "dist").glob("mitrailleuse-*.whl")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], env=env, check=True)
     python = venv / "bin" / "python"
     install = [python, "-m", "pip", "--disable-pip-version-check", "-q", "install", wheel]
-    subprocess.run(install, check=True, timeout=240)
+    subprocess.run(install, env=env, check=True, timeout=240)
     purelib = [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-    site_packages = subprocess.run(purelib, check=True, capture_output=True, text=True).stdout
-    return Installed(wheel, venv / "bin", Path(site_packages.strip()))
+    found = subprocess.run(purelib, env=env, check=True, capture_output=True, text=True)
+    return Installed(wheel, venv / "bin", Path(found.stdout.strip()))
 
 
 @dataclass
@@ -90,8 +101,7 @@ class Newcomer:
 def newcomer(installed: Installed, tmp_path: Path) -> Newcomer:
     workdir = tmp_path / "work"
     workdir.mkdir()
-    prefixes = ("MITRAILLEUSE_", "OPENAI_", "DEEPSEEK_", "DEEPL_", "REDIS_", "VIRTUAL_ENV")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(prefixes)}
+    env = clean_environment()
     env["PATH"] = f"{installed.bin}{os.pathsep}{env.get('PATH', '')}"
     return Newcomer(installed, workdir, env)
 
