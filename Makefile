@@ -32,4 +32,5 @@ bench: install
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .mitrailleuse .pytest_cache .ruff_cache
+	-$(VENV)/bin/mitrailleuse broker stop
+	rm -rf $(VENV) tasks/.mitrailleuse .mitrailleuse .pytest_cache .ruff_cache

@@ -221,10 +221,14 @@ def _put_off(
     reason: str,
     limited: bool = False,
 ) -> CallOutcome:
-    """Items sent again later without using an attempt, in one INFO line saying why."""
+    """Items sent again later without using an attempt, in one DEBUG line saying why.
+
+    DEBUG, not INFO: under a tight rate limit every message looks again about once a second,
+    thousands of lines a minute that say only "the budget is spent"; the pace hint says it once.
+    """
     ids = [item["id"] for item in items]
     extra = {"run": run.run_id, "items": ids, "provider": provider.name, "wait_s": wait_s}
-    log.info(
+    log.debug(
         "wait run=%s items=%s %.1fs: %s", run.run_id, shown_ids(ids), wait_s, reason, extra=extra
     )
     return CallOutcome(retry_in_s=wait_s, limited=limited)
