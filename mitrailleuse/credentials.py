@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from mitrailleuse.config import ProviderName, Proxies, TaskConfig
+from mitrailleuse.errors import ConfigError
 from mitrailleuse.providers import available_providers, provider_class
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,12 @@ def key_variables_set(
     """Which of these providers' key variables are set here: names only, never a value."""
     environ = os.environ if environ is None else environ
     known = available_providers()
-    names = {v for p in providers if p in known for v in provider_class(p).key_variables}
+    names: set[str] = set()
+    for provider in (p for p in providers if p in known):
+        try:
+            names.update(provider_class(provider).key_variables)
+        except ConfigError:  # its SDK is not installed here (an extra): it has no key to say
+            continue
     return sorted(name for name in names if environ.get(name))
 
 
