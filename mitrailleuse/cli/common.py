@@ -60,7 +60,8 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="A config.json (the seed's template works).")
 ]
 InputsOption = Annotated[
-    list[Path], typer.Option("--input", help="An input .json/.jsonl file (repeatable).")
+    list[Path],
+    typer.Option("--input", metavar="FILE", help="An input .json/.jsonl file (repeatable)."),
 ]
 
 
