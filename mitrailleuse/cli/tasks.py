@@ -147,8 +147,10 @@ def execute(
         _print_estimate(folder)
         return
     api = client()
-    _check_fleet(api, folder)
+    served = api.workers(folder)
+    _check_key(folder, served)
     run = api.submit(folder)
+    _warn_if_unserved(served)
     out.print(f"submitted run {run.run_id} of {folder.path}", highlight=False, soft_wrap=True)
     if detach:
         return
@@ -193,20 +195,21 @@ def _print_estimate(folder: TaskFolder) -> None:
     out.print(table)
 
 
-def _check_fleet(api: object, folder: TaskFolder) -> None:
-    """Refuse a run no worker could call for (its key missing); warn when no worker serves it."""
+def _check_key(folder: TaskFolder, served: dict[str, list[set[str]]]) -> None:
+    """Refuse a run whose provider's workers all lack its key (nothing is sent)."""
     from mitrailleuse.credentials import missing_key
 
     provider = folder.provider
-    served = api.workers(folder)  # type: ignore[attr-defined]
     key = getattr(folder.config().provider(provider), "api_key", "")
     missing = missing_key(provider, key, served.get(provider, []))
     if missing:
-        count = len(served[provider])
         fail(
-            f"{missing} is not set where the {count} worker(s) serving {provider} run: "
-            "set it there and restart them"
+            f"{missing} is not set where the {len(served[provider])} worker(s) serving "
+            f"{provider} run: set it there and restart them"
         )
+
+
+def _warn_if_unserved(served: dict[str, list[set[str]]]) -> None:
     unserved = sorted(queue for queue, workers in served.items() if not workers)
     if unserved:
         err.print(
