@@ -46,6 +46,11 @@ def local_env(sim, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def run_here(workdir: Path, env: dict[str, str], *extra: str):
+    """`mitrailleuse run` of the openai items in ``workdir/q.jsonl``."""
+    return cli("run", "--api-name", "openai", "--input", "q.jsonl", *extra, cwd=workdir, env=env)
+
+
 def test_failures_are_digested_by_type_with_a_hint(tmp_path, local_env):
     rows = [
         {"input_text": "fine"},
@@ -55,7 +60,7 @@ def test_failures_are_digested_by_type_with_a_hint(tmp_path, local_env):
         {"no_prompt": 1},
     ]
     write_jsonl(tmp_path / "q.jsonl", rows)
-    done = cli("run", "--api-name", "openai", "--input", "q.jsonl", cwd=tmp_path, env=local_env)
+    done = run_here(tmp_path, local_env)
     assert done.returncode == 1, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert "2 × http_400: the provider refused the request" in done.stdout, done.stdout
@@ -120,7 +125,7 @@ def _wait_until_no_worker_lives(api: Mitrailleuse, timeout_s: float = 30) -> Non
 def test_run_without_a_key_is_refused_before_anything_is_made(tmp_path, local_env):
     write_jsonl(tmp_path / "q.jsonl", questions(3))
     env = {**local_env, "OPENAI_API_KEY": ""}
-    done = cli("run", "--api-name", "openai", "--input", "q.jsonl", cwd=tmp_path, env=env)
+    done = run_here(tmp_path, env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
         "error: OPENAI_API_KEY is not set in this shell: export it, then run again"
@@ -161,17 +166,7 @@ def test_plain_progress_without_a_terminal_and_the_pace_hint(tmp_path, local_env
     write_jsonl(tmp_path / "q.jsonl", questions(40))
     config = {"openai": {"rate_limit": {"requests_per_minute": 180}}}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    done = cli(
-        "run",
-        "--api-name",
-        "openai",
-        "--input",
-        "q.jsonl",
-        "--config",
-        "config.json",
-        cwd=tmp_path,
-        env=local_env,
-    )
+    done = run_here(tmp_path, local_env, "--config", "config.json")
     assert done.returncode == 0, done.stderr[-2000:]
     progress = [line for line in done.stderr.splitlines() if re.search(r"\d+/40 \d+/s ETA", line)]
     assert len(progress) >= 2, done.stderr
@@ -182,17 +177,7 @@ def test_plain_progress_without_a_terminal_and_the_pace_hint(tmp_path, local_env
 
 def test_progress_none_prints_only_the_end(tmp_path, local_env):
     write_jsonl(tmp_path / "q.jsonl", questions(5))
-    done = cli(
-        "run",
-        "--api-name",
-        "openai",
-        "--input",
-        "q.jsonl",
-        "--progress",
-        "none",
-        cwd=tmp_path,
-        env=local_env,
-    )
+    done = run_here(tmp_path, local_env, "--progress", "none")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ETA" not in done.stderr
     assert done.stdout.startswith("completed: 5/5 done")
