@@ -51,6 +51,14 @@ def run_here(workdir: Path, env: dict[str, str], *extra: str):
     return cli("run", "--api-name", "openai", "--input", "q.jsonl", *extra, cwd=workdir, env=env)
 
 
+def create_here(workdir: Path, env: dict[str, str], user: str, name: str) -> str:
+    """`mitrailleuse create` of an openai task of ``workdir/q.jsonl``; its folder."""
+    args = ["--user-id", user, "--api-name", "openai", "--task-name", name, "--input", "q.jsonl"]
+    made = cli("create", *args, cwd=workdir, env=env)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
 def test_failures_are_digested_by_type_with_a_hint(tmp_path, local_env):
     rows = [
         {"input_text": "fine"},
@@ -87,20 +95,7 @@ def test_a_run_no_worker_serves_is_stalled_not_running(
     api = Mitrailleuse()
     _wait_until_no_worker_lives(api)
     write_jsonl(tmp_path / "q.jsonl", questions(5))
-    made = cli(
-        "create",
-        "--user-id",
-        "nobody",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "waits",
-        "--input",
-        "q.jsonl",
-        cwd=tmp_path,
-        env=fleet_env,
-    )
-    path = made.stdout.strip().splitlines()[-1]
+    path = create_here(tmp_path, fleet_env, "nobody", "waits")
     sent = cli("execute", path, "--detach", cwd=tmp_path, env=fleet_env)
     assert sent.returncode == 0, sent.stderr
     assert "no worker serves mitrailleuse, openai" in sent.stderr
@@ -138,20 +133,7 @@ def test_execute_refuses_when_the_serving_worker_has_no_key(
 ):
     start_worker(env={"OPENAI_API_KEY": ""})
     write_jsonl(tmp_path / "q.jsonl", questions(3))
-    made = cli(
-        "create",
-        "--user-id",
-        "k",
-        "--api-name",
-        "openai",
-        "--task-name",
-        "nokey",
-        "--input",
-        "q.jsonl",
-        cwd=tmp_path,
-        env=fleet_env,
-    )
-    path = made.stdout.strip().splitlines()[-1]
+    path = create_here(tmp_path, fleet_env, "k", "nokey")
     sent = cli("execute", path, cwd=tmp_path, env=fleet_env)
     assert sent.returncode == 2, sent.stderr
     assert sent.stderr.strip() == (
