@@ -2,8 +2,8 @@
 
 Every worker, beat and Flower process loads this module; importing it starts nothing. Broker
 and result backend are the same Redis: ``REDIS_URL``, or the embedded server under
-``.mitrailleuse/redis/``, which ``mitrailleuse.pipeline.app`` resolves once the configuration
-is loaded (set ``broker_url`` here to choose another).
+``<tasks dir>/.mitrailleuse/redis/``, which ``mitrailleuse.pipeline.app`` resolves once the
+configuration is loaded (set ``broker_url`` here to choose another).
 Environment overrides: ``MITRAILLEUSE_VISIBILITY_TIMEOUT_S``, ``MITRAILLEUSE_CONCURRENCY``,
 ``MITRAILLEUSE_TASK_EVENTS``.
 
