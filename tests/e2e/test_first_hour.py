@@ -242,6 +242,9 @@ def test_ctrl_c_during_run_says_how_to_resume(tmp_path, local_env):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # as from a terminal's shell: a suite started in the background (`make test &`) ignores
+        # SIGINT, and an ignored SIGINT is inherited (Python then never raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not re.search(r"running: [1-9]\d*/200", _status_of_local_run(tmp_path, local_env)):

@@ -35,8 +35,9 @@ def test_a_key_given_in_config_is_used_and_found_nowhere(
     tmp_path, tasks_dir, sim, start_worker, redis_server, caplog, capfd
 ):
     """Searched: the task folder (with its run log), Redis, and every log line of the worker
-    (at INFO) and of this process. What Flower shows is searched in ``test_flower.py``."""
-    start_worker(extra=("--loglevel", "INFO"))
+    (at DEBUG, where Celery, httpx and the SDK say everything) and of this process. What Flower
+    shows is searched in ``test_flower.py``."""
+    start_worker(extra=("--loglevel", "DEBUG"))
     source = write_jsonl(tmp_path / "q.jsonl", questions(30))
     m = Mitrailleuse()
     config = {"openai": {"api_key": TEST_KEY, "batch": {"batch_size": 10}}}
@@ -53,5 +54,5 @@ def test_a_key_given_in_config_is_used_and_found_nowhere(
     assert TEST_KEY not in caplog.text
     assert task.log_path.exists() and b"submitted" in task.log_path.read_bytes()
     worker_out, worker_err = capfd.readouterr()
-    assert "mitrailleuse.call" in worker_err + worker_out, "the worker logged nothing at INFO"
+    assert "mitrailleuse.call" in worker_err + worker_out, "the worker logged no call at DEBUG"
     assert TEST_KEY not in worker_out + worker_err, "the key is in a log line"
