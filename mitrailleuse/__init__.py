@@ -7,7 +7,6 @@ use so that ``import mitrailleuse`` stays light.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from mitrailleuse.errors import (
@@ -18,11 +17,6 @@ from mitrailleuse.errors import (
     TaskNameError,
     TaskNotFound,
 )
-
-try:
-    __version__ = version("mitrailleuse")
-except PackageNotFoundError:  # a source tree on the path, not installed
-    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -58,6 +52,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata costs a CLI command 45 ms at start
+        return _installed_version()
     if name in _LAZY:
         from importlib import import_module
 
@@ -65,5 +61,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mitrailleuse' has no attribute {name!r}")
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mitrailleuse")
+    except PackageNotFoundError:  # a source tree on the path, not installed
+        return "0+unknown"
+
+
 if TYPE_CHECKING:
     app: Celery
+    __version__: str

@@ -25,7 +25,6 @@ from pydantic import (
     model_serializer,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from rapidfuzz import fuzz, process
 
 from mitrailleuse.cost.pricing import ModelPrice
 from mitrailleuse.errors import ConfigError
@@ -432,6 +431,8 @@ def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
 
 def _closest_field(model: type[BaseModel], key: str) -> str | None:
     """The field closest to ``key`` in the same section, else in a nested one (a dotted path)."""
+    from rapidfuzz import fuzz, process  # imported only for a config with a typo
+
     for paths in (list(model.model_fields), _nested_fields(model)):
         names = {path: path.rpartition(".")[2] for path in paths}
         match = process.extractOne(

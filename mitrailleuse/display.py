@@ -13,16 +13,18 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from mitrailleuse.api import Progress as RunProgress
-from mitrailleuse.api import Run
 from mitrailleuse.batch.state import summary
 from mitrailleuse.ratelimit import Rates
+
+if TYPE_CHECKING:
+    from mitrailleuse.api import Progress as RunProgress
+    from mitrailleuse.api import Run
 
 console = Console(stderr=True, highlight=False)
 
