@@ -51,7 +51,7 @@ UNLIMITED_ENV = {
     "MITRAILLEUSE_OPENAI_MAX_IN_FLIGHT": "1000000",
 }
 #: The same, as a task's ``rate_limit`` block.
-UNLIMITED_CONFIG = {"requests_per_minute": 10**9, "tokens_per_minute": None, "max_in_flight": 10**6}
+UNLIMITED_CONFIG = {"requests_per_minute": 10**9, "tokens_per_minute": 0, "max_in_flight": 10**6}
 
 
 @dataclass

@@ -38,8 +38,7 @@ from mitrailleuse.pipeline import liveness, submitter
 from mitrailleuse.pipeline.chunks import part_files, part_path
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState, redis_client
-from mitrailleuse.providers import provider_class
-from mitrailleuse.ratelimit import Limits, Rates, RedisLimiter
+from mitrailleuse.ratelimit import Rates, RedisLimiter, task_limiter
 from mitrailleuse.records import read_records
 from mitrailleuse.taskfolder import (
     FINAL_STATES,
@@ -181,10 +180,7 @@ class Run:
     @cached_property
     def _limiter(self) -> RedisLimiter:
         """The task's budget, built once: a progress display asks for rates twice a second."""
-        name = self.folder.provider
-        section = self.folder.config().provider(name)
-        model = provider_class(name).model_name(section)
-        return RedisLimiter(self._redis, name, model, Limits.resolve(name, section.rate_limit))
+        return task_limiter(self._redis, self.folder)
 
     def cancel(self) -> None:
         """Stop dispatching: in-flight items finish, nothing new is sent."""

@@ -105,10 +105,16 @@ class ApiInformation(Section):
 
 
 class RateLimit(Section):
-    """Fleet-wide limits: every worker draws from the same Redis buckets."""
+    """Fleet-wide limits: every worker draws from the same Redis buckets.
 
-    requests_per_minute: int = Field(default=500, ge=1)
-    tokens_per_minute: int | None = Field(default=200_000, ge=1)
+    A budget left unset (``null``) follows the limit the provider announces in its response
+    headers, up and down; until it has said, 500 requests and 200,000 tokens a minute. A budget
+    set is a ceiling: the provider's word lowers it, never raises it.
+    """
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    #: ``0``: no token budget at all.
+    tokens_per_minute: int | None = Field(default=None, ge=0)
     max_in_flight: int = Field(default=64, ge=1)
 
 
@@ -161,7 +167,7 @@ class DeepLConfig(ProviderSection):
     tag_handling: str | None = None
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig(batch_size=50))
     rate_limit: RateLimit = Field(
-        default_factory=lambda: RateLimit(requests_per_minute=300, tokens_per_minute=None)
+        default_factory=lambda: RateLimit(requests_per_minute=300, tokens_per_minute=0)
     )
     timeout_s: float = Field(default=60.0, gt=0)
 

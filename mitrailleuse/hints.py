@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from mitrailleuse.providers import available_providers, provider_class
-from mitrailleuse.ratelimit import Limits
 
 _HINTS = {
     "invalid_input": "fix those input lines (errors.jsonl names each) and execute again",
@@ -48,24 +47,27 @@ _HELD_SHARE = 0.8
 _PACE_MIN_S = 10.0
 
 
-def pace_hint(summary: dict[str, Any], limits: Limits, one_item_per_call: bool) -> str | None:
-    """A hint when the rate budget, not the provider, set the run's pace."""
+def pace_hint(summary: dict[str, Any], one_item_per_call: bool) -> str | None:
+    """A hint when a rate budget (``summary["rate_limit"]``), not the provider, set the pace."""
     minutes = (summary.get("duration_s") or 0) / 60
-    if minutes * 60 < _PACE_MIN_S:
+    limits = summary.get("rate_limit")
+    if not limits or minutes * 60 < _PACE_MIN_S:
         return None
     field = f"{summary.get('provider')}.rate_limit"
     calls = summary.get("attempts") or 0
-    if one_item_per_call and calls / minutes >= _HELD_SHARE * limits.requests_per_minute:
-        return (
-            f"the rate budget set the pace: {calls / minutes:.0f} requests/min against "
-            f"{field}.requests_per_minute {limits.requests_per_minute}; raise it if your "
-            "account allows more"
-        )
     tokens = (summary.get("tokens") or {}).get("total_tokens") or 0
-    if limits.tokens_per_minute and tokens / minutes >= _HELD_SHARE * limits.tokens_per_minute:
+    for budget, used, unit in (
+        ("requests", calls if one_item_per_call else 0, "requests"),
+        ("tokens", tokens, "tokens"),
+    ):
+        limit = limits.get(f"{budget}_per_minute")
+        if not limit or used / minutes < _HELD_SHARE * limit:
+            continue
+        pace = f"the rate budget set the pace: {used / minutes:,.0f} {unit}/min against "
+        if budget in limits.get("announced_by_provider", ()):
+            return pace + f"the {limit:,} a minute the provider announces for your account"
         return (
-            f"the rate budget set the pace: {tokens / minutes:,.0f} tokens/min against "
-            f"{field}.tokens_per_minute {limits.tokens_per_minute:,}; raise it if your "
-            "account allows more"
+            pace + f"{field}.{budget}_per_minute {limit:,}; raise it (or leave it unset to "
+            "follow the limit the provider announces) if your account allows more"
         )
     return None

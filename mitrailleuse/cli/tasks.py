@@ -245,13 +245,8 @@ def _report(folder: TaskFolder, progress: Progress) -> NoReturn:
 def _pace_hint(folder: TaskFolder, summary: dict) -> str | None:
     from mitrailleuse.hints import pace_hint
     from mitrailleuse.providers import provider_class
-    from mitrailleuse.ratelimit import Limits
 
-    if summary.get("mode") == "batch":
-        return None
-    provider = folder.provider
-    limits = Limits.resolve(provider, folder.config().provider(provider).rate_limit)
-    return pace_hint(summary, limits, provider_class(provider).max_items_per_call == 1)
+    return pace_hint(summary, provider_class(folder.provider).max_items_per_call == 1)
 
 
 @app.command()

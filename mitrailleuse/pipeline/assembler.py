@@ -20,6 +20,7 @@ from mitrailleuse.hints import hint
 from mitrailleuse.pipeline.cache import save_new_answers
 from mitrailleuse.pipeline.chunks import items_in_chunk, part_files, part_path
 from mitrailleuse.pipeline.run_state import COUNT_FIELDS, RunState, count_record, new_counts
+from mitrailleuse.ratelimit import task_limiter
 from mitrailleuse.records import read_records
 from mitrailleuse.taskfolder import Counts, TaskFolder, now
 
@@ -111,6 +112,8 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
         "duration_s": round(duration_s, 3),
         "items_per_s": round(counts.done / duration_s, 2),
     }
+    if status.mode != "batch":
+        summary["rate_limit"] = _limits_in_force(run, folder)
     write_json(folder.summary_path, {**summary, **tally.totals()})
     run.enter(state, counts=counts, finished_at=finished, message=reason)
     folder.log(
@@ -120,6 +123,17 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
     )
     run.redis.publish(keys.events(run.run_id), b"finished")
     run.retire()
+
+
+def _limits_in_force(run: RunState, folder: TaskFolder) -> dict[str, Any]:
+    """The budgets the run ended under, and which of them the provider announced."""
+    limits = task_limiter(run.redis, folder).limits
+    return {
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "max_in_flight": limits.max_in_flight,
+        "announced_by_provider": sorted(limits.announced),
+    }
 
 
 def _concatenate(folder: TaskFolder, provider: str) -> _Tally:

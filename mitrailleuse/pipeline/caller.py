@@ -52,8 +52,8 @@ HELD = "held by a call elsewhere"
 #: How soon a call the cost limit cannot cover yet (other calls hold reservations) asks again.
 COST_POLL_S = 0.5
 
-#: A wait for the rate limiter this short is slept in the worker thread; a longer one frees
-#: the slot: the task is re-scheduled with a countdown.
+#: A call books its rate-limit slot this far ahead at most, and sleeps until then in the worker
+#: thread; a longer wait frees the thread: the task is re-scheduled with a countdown.
 MOMENT_S = 0.5
 
 
@@ -250,6 +250,7 @@ def _call_claimed(
     ]
     items = [ItemRef.of(item) for item in claimed]
     attempt = max(attempt_of(item) for item in claimed)
+    time.sleep(grant.delay_s)  # the slot the grant booked
     started = time.monotonic()
     try:
         with context.limiter.leased(grant) as used:
@@ -364,7 +365,7 @@ def _acquire(
     """A grant, waiting in place for a moment at most; else the longer wait still needed."""
     deadline = time.monotonic() + MOMENT_S
     while True:
-        turn = limiter.acquire(tokens, timeout_s, claims)
+        turn = limiter.acquire(tokens, timeout_s, claims, horizon_s=MOMENT_S)
         if not isinstance(turn, float) or time.monotonic() + turn > deadline:
             return turn
         time.sleep(turn)

@@ -9,6 +9,7 @@ from mitrailleuse.ratelimit.limiter import (
     Limits,
     Rates,
     RedisLimiter,
+    task_limiter,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Limits",
     "Rates",
     "RedisLimiter",
+    "task_limiter",
 ]

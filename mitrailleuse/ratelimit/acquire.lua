@@ -6,19 +6,22 @@
 --       then each item's claim, then (with the response cache) each item's cache claim and
 --       cache entry
 -- ARGV: 1 requests/min, 2 tokens/min (0 = none), 3 tokens, 4 max in flight, 5 lease id,
---       6 lease ttl ms (also the claims'), 7 burst ms (at least one interval: one request may
---       always go); with claims: 8 chunk number, 9 holder ("<owner> <token>"),
+--       6 lease ttl ms (also the claims'), 7 horizon ms (how far ahead a call may book its
+--       slot); with claims: 8 chunk number, 9 holder ("<owner> <token>"),
 --       10 alive-key prefix, then each item's ordinal
--- Returns {1, 0, state...} granted for the items in state 0 (claimed for this call);
---         {0, ms} wait that long first; {2, 0, state...} nothing to call; {3, 0} cancelled.
+-- Returns {1, ms, state...} granted for the items in state 0 (claimed for this call), to be
+--         sent in ms (its booked slot); {0, ms} wait that long first; {2, 0, state...} nothing
+--         to call; {3, 0} cancelled.
 -- Item states: 0 claimed here; 1 recorded already; 2 a live call elsewhere has the item;
 --              3 a live call elsewhere has an identical request, or its answer is cached now.
 -- Nothing is written unless a call is granted: a call held back holds no claim.
--- GCRA (generic cell rate algorithm): a theoretical arrival time per budget, stored in ms.
+-- GCRA (generic cell rate algorithm): a theoretical arrival time (TAT) per budget, stored in
+-- ms. A call books the next free slot when it is at most `horizon` away, and is sent then: a
+-- slot is never lost to a worker waking up late, and none is ever given twice.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_in_flight, lease_ttl, burst = tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_in_flight, lease_ttl, horizon = tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local claims = #KEYS > 5
 
 if claims and redis.call('HGET', KEYS[6], 'cancelled') == '1' then
@@ -37,22 +40,21 @@ end
 
 local interval = 60000 / rpm
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local wait = tat + interval - burst - now
-if wait > 0 then
-  return {0, math.ceil(wait)}
-end
+local start = tat
 
 local token_tat, cost = now, 0
 if tpm > 0 then
   token_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
   cost = tokens * 60000 / tpm
-  local token_wait = token_tat + cost - math.max(burst, cost) - now
-  if token_wait > 0 then
-    return {0, math.ceil(token_wait)}
-  end
+  -- a call larger than a slot's worth of tokens goes once the budget has room for it
+  start = math.max(start, token_tat + cost - math.max(interval, cost))
+end
+if start - now > horizon then
+  -- the booked slots cover half the horizon: no need to look again sooner
+  return {0, math.ceil(math.max(start - now - horizon, horizon / 2))}
 end
 
-local reply = {1, 0}
+local reply = {1, math.floor(start - now)}
 if claims then
   local part, holder, alive = ARGV[8], ARGV[9], ARGV[10]
   local items = #ARGV - 10
@@ -90,10 +92,10 @@ if tpm > 0 then
   token_tat = token_tat + cost
   redis.call('SET', KEYS[2], token_tat, 'PX', math.ceil(token_tat - now) + 60000)
 end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 60000)
-redis.call('ZADD', KEYS[3], now + lease_ttl, ARGV[5])
-redis.call('PEXPIRE', KEYS[3], lease_ttl + 60000)
-local second = math.floor(now / 1000)
+redis.call('SET', KEYS[1], start + interval, 'PX', math.ceil(start + interval - now) + 60000)
+redis.call('ZADD', KEYS[3], start + lease_ttl, ARGV[5])
+redis.call('PEXPIRE', KEYS[3], math.ceil(start - now) + lease_ttl + 60000)
+local second = math.floor(start / 1000)
 redis.call('HINCRBY', KEYS[5], 'r' .. second, 1)
 redis.call('HINCRBY', KEYS[5], 't' .. second, tokens)
 redis.call('PEXPIRE', KEYS[5], 180000)

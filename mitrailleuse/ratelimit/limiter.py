@@ -6,9 +6,15 @@ usage. A 429's ``Retry-After`` pauses the whole fleet's use of the provider (:me
 ``x-ratelimit-*`` response headers lower the budget to what the provider says remains
 (:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
 
+A budget the task left unset follows the limit the provider announces
+(``x-ratelimit-limit-requests``, Anthropic's ``anthropic-ratelimit-requests-limit``, ...): the
+worker that reads a new figure writes it to Redis, and every worker adopts it within
+:data:`ANNOUNCED_REFRESH_S`. A budget the task set is a ceiling the announcement can only lower.
+
 Requests and tokens per minute are GCRA budgets (a theoretical arrival time per budget) that
 space calls evenly, with no burst: a provider's sliding 60-second window never sees more than
-the limit (a burst allowance, measured, cost a few 429s at each window's edge).
+the limit (a burst allowance, measured, cost a few 429s at each window's edge). A call books
+its slot up to a moment ahead and sleeps until then, so the fleet keeps the full rate.
 In-flight calls are leases in a sorted set that expire on their own if a worker dies mid-call.
 
 A grant can carry :class:`Claims`: the items of the call are claimed in the same round trip
@@ -27,7 +33,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -35,32 +41,101 @@ from mitrailleuse import keys
 from mitrailleuse.config import RateLimit
 from mitrailleuse.scripts import script
 
+if TYPE_CHECKING:
+    from mitrailleuse.taskfolder import TaskFolder
+
 #: A lease (and a claim) outlives a call by this much before it is presumed lost.
 LEASE_MARGIN_S = 30.0
+#: The budgets of a task that left them to the provider, until the provider has said.
+DEFAULT_REQUESTS_PER_MINUTE = 500
+DEFAULT_TOKENS_PER_MINUTE = 200_000
+#: How often a worker reads the limits other workers heard the provider announce.
+ANNOUNCED_REFRESH_S = 1.0
+#: How long an announced limit is kept without being heard again (then the defaults return);
+#: an unchanged figure is written again at most this often, so a busy fleet writes rarely.
+ANNOUNCED_TTL_S = 600
+ANNOUNCED_REWRITE_S = 60.0
+#: Where each provider family announces its limits.
+LIMIT_HEADERS = {
+    "requests": ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
+    "tokens": ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The limits in force for one provider and model."""
+    """The limits in force for one provider and model.
+
+    ``requests_ceiling`` and ``tokens_ceiling`` are what the task (or the operator) set, None
+    where they left the budget to the provider; ``announced`` names the budgets that follow
+    the provider's own word now. A token budget of None is no token budget.
+    """
 
     requests_per_minute: int
     tokens_per_minute: int | None
     max_in_flight: int
+    requests_ceiling: int | None = None
+    tokens_ceiling: int | None = None
+    announced: frozenset[str] = frozenset()
 
     @classmethod
     def resolve(cls, provider: str, configured: RateLimit) -> Limits:
-        """The config's limits, overridden by ``MITRAILLEUSE_<PROVIDER>_<LIMIT>`` variables."""
+        """The config's limits, overridden by ``MITRAILLEUSE_<PROVIDER>_<LIMIT>`` variables.
+
+        Before the provider announces its limits, an unset budget is the default one.
+        """
         prefix = f"MITRAILLEUSE_{provider.upper().replace('-', '_')}_"
 
         def pick(name: str, value: int | None) -> int | None:
             raw = os.environ.get(prefix + name.upper())
             return int(raw) if raw else value
 
+        requests = pick("requests_per_minute", configured.requests_per_minute)
+        tokens = pick("tokens_per_minute", configured.tokens_per_minute)
         return cls(
-            requests_per_minute=pick("requests_per_minute", configured.requests_per_minute) or 1,
-            tokens_per_minute=pick("tokens_per_minute", configured.tokens_per_minute) or None,
+            requests_per_minute=requests or DEFAULT_REQUESTS_PER_MINUTE,
+            tokens_per_minute=DEFAULT_TOKENS_PER_MINUTE if tokens is None else tokens or None,
             max_in_flight=pick("max_in_flight", configured.max_in_flight) or 1,
+            requests_ceiling=requests,
+            tokens_ceiling=tokens,
         )
+
+    def adopting(self, requests: int | None, tokens: int | None) -> Limits:
+        """These limits once the provider announced ``requests`` and ``tokens`` per minute.
+
+        An announced budget replaces the default, and lowers a budget the task set, never raises
+        it; a budget not announced stays as it is.
+        """
+        rpm, tpm, announced = self.requests_per_minute, self.tokens_per_minute, set()
+        if requests and (self.requests_ceiling is None or requests < self.requests_ceiling):
+            rpm = requests
+            announced.add("requests")
+        if tokens and (not self.tokens_ceiling or tokens < self.tokens_ceiling):
+            tpm = tokens  # a ceiling of 0 (no token budget) gives way to the provider's
+            announced.add("tokens")
+        if not announced:
+            return self
+        return Limits(
+            rpm,
+            tpm,
+            self.max_in_flight,
+            self.requests_ceiling,
+            self.tokens_ceiling,
+            frozenset(announced),
+        )
+
+
+def announced_limits(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """The requests and tokens per minute a response's headers announce (None: not said)."""
+
+    def first(names: tuple[str, ...]) -> int | None:
+        for name in names:
+            value = _int(headers.get(name))
+            if value:
+                return value
+        return None
+
+    return first(LIMIT_HEADERS["requests"]), first(LIMIT_HEADERS["tokens"])
 
 
 class ItemState(enum.IntEnum):
@@ -100,14 +175,16 @@ class Claims:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A granted call: give it back with :meth:`RedisLimiter.release`.
+    """A granted call: send it in ``delay_s``, then give it back (:meth:`RedisLimiter.release`).
 
-    ``items`` holds the state of each item of the grant's claims (none without claims).
+    ``delay_s`` is the wait until the slot the call booked; ``items`` holds the state of each
+    item of the grant's claims (none without claims).
     """
 
     lease_id: str
     tokens: int
     items: tuple[ItemState, ...] = ()
+    delay_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -144,19 +221,47 @@ class RedisLimiter:
 
     def __init__(self, client: redis.Redis, provider: str, model: str, limits: Limits) -> None:
         self.redis = client
-        self.limits = limits
+        #: The limits the task and the operator set (or the defaults): see :attr:`limits`.
+        self.configured = limits
         self.scope = f"{provider}:{model}"
         self._acquire = script(client, "pipeline/held.lua", "ratelimit/acquire.lua")
         self._release = script(client, "ratelimit/release.lua")
         self._pause = script(client, "ratelimit/pause.lua")
         self._observe = script(client, "ratelimit/observe.lua")
-        self.interval_ms = 60_000 / limits.requests_per_minute
+        self._limits = limits
+        self._announced: tuple[int | None, int | None] = (None, None)
+        self._read_at = -math.inf
+        self._written_at = -math.inf
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force: the configured ones, after what the provider announced."""
+        if time.monotonic() - self._read_at >= ANNOUNCED_REFRESH_S:
+            said = self.redis.hmget(keys.limit(self.scope, "announced"), ["requests", "tokens"])
+            self._adopt(*(_int(value) for value in said))
+        return self._limits
+
+    def _adopt(self, requests: int | None, tokens: int | None) -> None:
+        self._announced = (requests, tokens)
+        self._limits = self.configured.adopting(requests, tokens)
+        self._read_at = time.monotonic()
+
+    @property
+    def interval_ms(self) -> float:
+        """The spacing of requests at the limit in force."""
+        return 60_000 / self.limits.requests_per_minute
 
     def acquire(
-        self, tokens: int, timeout_s: float, claims: Claims | None = None
+        self,
+        tokens: int,
+        timeout_s: float,
+        claims: Claims | None = None,
+        horizon_s: float = 0.0,
     ) -> Grant | Held | float:
         """Take a request and ``tokens`` (and ``claims``): a Grant, or how long to wait first.
 
+        A slot at most ``horizon_s`` away is booked: the grant says how long to wait before
+        sending (a wait slept by the caller, so that no slot is lost to a late wake-up).
         With claims, :class:`Held` says there is nothing to call; the claims of a grant last
         ``timeout_s`` plus :data:`LEASE_MARGIN_S`, or until their holder's process dies.
         """
@@ -178,14 +283,14 @@ class RedisLimiter:
                 limits.max_in_flight,
                 lease_id,
                 math.ceil((timeout_s + LEASE_MARGIN_S) * 1000),
-                self.interval_ms,
+                math.floor(horizon_s * 1000),
                 *(claims.args if claims else ()),
             ],
         )
         outcome, wait_ms, *states = reply
         items = tuple(ItemState(state) for state in states)
         if outcome == 1:
-            return Grant(lease_id, tokens, items)
+            return Grant(lease_id, tokens, items, wait_ms / 1000)
         if outcome == 0:
             return wait_ms / 1000
         return Held(cancelled=outcome == 3, items=items)
@@ -218,9 +323,12 @@ class RedisLimiter:
     def observe(self, headers: Mapping[str, str]) -> None:
         """Follow the provider's ``x-ratelimit-*`` headers.
 
-        None remaining pauses the fleet until the announced reset; fewer remaining than our pace
-        would use before the reset spreads them over it, whatever the config claims.
+        An announced limit that differs from the one in force is written for the whole fleet
+        (and again now and then while it holds). None remaining pauses the fleet until the
+        announced reset; fewer remaining than our pace would use before the reset spreads them
+        over it, whatever the config claims.
         """
+        self._hear(*announced_limits(headers))
         for budget in ("requests", "tokens"):
             remaining = _int(headers.get(f"x-ratelimit-remaining-{budget}"))
             if remaining is None:
@@ -235,6 +343,23 @@ class RedisLimiter:
                     keys=[keys.limit(self.scope, "requests")],
                     args=[remaining, math.ceil(reset * 1000), self.interval_ms],
                 )
+
+    def _hear(self, requests: int | None, tokens: int | None) -> None:
+        """Share the limits a response announced, when they are news (or due for a rewrite)."""
+        if requests is None and tokens is None:
+            return
+        said = (requests or self._announced[0], tokens or self._announced[1])
+        now = time.monotonic()
+        if said == self._announced and now - self._written_at < ANNOUNCED_REWRITE_S:
+            return
+        key = keys.limit(self.scope, "announced")
+        pipe = self.redis.pipeline(transaction=False)
+        budgets = zip(("requests", "tokens"), said, strict=True)
+        pipe.hset(key, mapping={budget: value for budget, value in budgets if value})
+        pipe.expire(key, ANNOUNCED_TTL_S)
+        pipe.execute()
+        self._written_at = now
+        self._adopt(*said)
 
     def rates(self, window_s: int = 10) -> Rates:
         """The fleet's request and token rates over the last ``window_s`` seconds, per minute."""
@@ -253,11 +378,21 @@ class RedisLimiter:
         return Rates(requests * scale, tokens * scale, self.limits)
 
 
+def task_limiter(client: redis.Redis, folder: TaskFolder) -> RedisLimiter:
+    """The budget a task's calls draw from: its provider and model, its config's limits."""
+    from mitrailleuse.providers import provider_class
+
+    name = folder.provider
+    section = folder.config().provider(name)
+    model = provider_class(name).model_name(section)
+    return RedisLimiter(client, name, model, Limits.resolve(name, section.rate_limit))
+
+
 def _minute(epoch_s: float | None = None) -> int:
     return int((time.time() if epoch_s is None else epoch_s) // 60)
 
 
-def _int(value: str | None) -> int | None:
+def _int(value: str | bytes | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
     except ValueError:

@@ -8,8 +8,9 @@ import uuid
 import pytest
 import redis
 
+from mitrailleuse.config import RateLimit
 from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
-from mitrailleuse.ratelimit.limiter import parse_duration_s
+from mitrailleuse.ratelimit.limiter import ANNOUNCED_REFRESH_S, parse_duration_s
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +90,32 @@ def test_durations():
     assert parse_duration_s("1h2m3.5s") == pytest.approx(3723.5)
     assert parse_duration_s("2") == 2
     assert parse_duration_s(None) is None
+
+
+def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_server):
+    """Limits left unset follow the provider's headers, for every worker; a set one caps them."""
+    client = redis.Redis.from_url(redis_server.url)
+    model = uuid.uuid4().hex
+    unset = Limits.resolve("test", RateLimit())
+    one, other = (RedisLimiter(client, "test", model, unset) for _ in range(2))
+    assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (500, 200_000)
+
+    one.observe({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"})
+    assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (3000, 2_000_000)
+    assert one.limits.announced == {"requests", "tokens"}
+    time.sleep(ANNOUNCED_REFRESH_S)
+    assert other.limits.requests_per_minute == 3000  # another worker, through Redis
+
+    one.observe({"anthropic-ratelimit-requests-limit": "1000"})  # down, in the other family
+    time.sleep(ANNOUNCED_REFRESH_S)
+    assert other.limits.requests_per_minute == 1000
+    assert other.limits.tokens_per_minute == 2_000_000
+
+    capped = Limits.resolve("test", RateLimit(requests_per_minute=800, tokens_per_minute=0))
+    ceiling = RedisLimiter(client, "test", model, capped)
+    assert ceiling.limits.requests_per_minute == 800  # the task's is lower than the 1000
+    assert ceiling.limits.tokens_per_minute == 2_000_000  # "no token budget" gives way
+    one.observe({"x-ratelimit-limit-requests": "400"})
+    time.sleep(ANNOUNCED_REFRESH_S)
+    assert ceiling.limits.requests_per_minute == 400
+    assert ceiling.limits.announced == {"requests", "tokens"}

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
+from mitrailleuse import keys
 from mitrailleuse.api import Mitrailleuse
 from tests.e2e.helpers import questions, results, write_jsonl
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def forget_announced_limits(redis_server):
+    """A provider's announced limits outlive the test that configured the simulator's: drop them."""
+    yield
+    client = redis.Redis.from_url(redis_server.url)
+    for key in client.scan_iter(keys.limit("*", "announced")):
+        client.delete(key)
 
 #: Workers take the task's rate_limit block: no test-wide override.
 NO_OVERRIDES = {
@@ -54,6 +65,53 @@ def test_two_workers_share_one_limit(tmp_path, tasks_dir, sim, start_worker):
     # a second's burst at most, then the steady rate: never a storm
     assert max_in_window(accepted, 10.0) <= (limit / 6) * 1.05 + limit / 60
     assert len(rejected) <= limit // 60, f"{len(rejected)} 429s"
+
+
+def test_limits_announced_by_the_provider_are_adopted(tmp_path, tasks_dir, sim, start_worker):
+    """No rate_limit in the task: the fleet runs at the limit the provider's headers announce.
+
+    Everything at its defaults (one worker, 64 threads, 64 in flight): the first response says
+    3,000 requests a minute where the task's default budget is 500.
+    """
+    limit = 3000
+    items = 1500  # half a minute at the limit
+    sim.configure(rpm=limit)
+    start_worker(env=NO_OVERRIDES)
+    source = write_jsonl(tmp_path / "q.jsonl", questions(items))
+    m = Mitrailleuse()
+    task = m.create_task("rl", "openai", "announced", {}, [source])
+    progress = m.submit(task).wait(timeout=240)
+
+    assert progress.state == "completed" and progress.succeeded == items
+    log = sim.log()
+    accepted = [e["t"] for e in log if e["status"] == 200]
+    rejected = [e for e in log if e["status"] == 429]
+    assert len(rejected) <= 0.01 * len(log), f"{len(rejected)} 429s of {len(log)} requests"
+    first = min(accepted)
+    ten_s = max_in_window([t for t in accepted if t - first < 60], 10.0)
+    assert ten_s >= 0.95 * limit / 6, f"best 10 s in the first minute: {ten_s} requests"
+    assert max_in_window(accepted, 10.0) <= (limit / 6) * 1.05 + limit / 60
+    summary = task.summary()
+    assert summary["rate_limit"]["requests_per_minute"] == limit
+    assert summary["rate_limit"]["announced_by_provider"] == ["requests"]
+
+
+def test_a_task_limit_below_the_announced_one_holds(tmp_path, tasks_dir, sim, start_worker):
+    """The provider announces 3,000 a minute; the task set 600: 600 it is."""
+    sim.configure(rpm=3000)
+    start_worker(env=NO_OVERRIDES)
+    source = write_jsonl(tmp_path / "q.jsonl", questions(150))
+    config = {"openai": {"rate_limit": {"requests_per_minute": 600}}}
+    m = Mitrailleuse()
+    task = m.create_task("rl", "openai", "ceiling", config, [source])
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed" and progress.succeeded == 150
+    accepted = [e["t"] for e in sim.log() if e["status"] == 200]
+    # 600 a minute, not 3,000: the spacing the task's limit sets, late wake-ups aside
+    assert max_in_window(accepted, 10.0) <= (600 / 6) * 1.05 + 600 / 60
+    assert max(accepted) - min(accepted) >= (150 - 1) / 10 * 0.95
+    assert task.summary()["rate_limit"]["requests_per_minute"] == 600
 
 
 def test_retries_obey_retry_after_and_pause_the_fleet(tmp_path, tasks_dir, sim, start_worker):

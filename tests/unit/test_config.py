@@ -46,7 +46,7 @@ def test_the_seed_template_loads_unchanged():
     assert config.general.similarity_check.settings.similarity_threshold == 0.8
     assert config.general.db.postgres.port == 5432
     assert config.general.proxies.https == "http://corporate-proxy:8080/"
-    assert config.openai.rate_limit.requests_per_minute == 500
+    assert config.openai.rate_limit.requests_per_minute is None  # the provider's word, else 500
     assert config.openai.retry.max_attempts == 6
     assert config.openai.base_url is None
 
