@@ -20,6 +20,7 @@ def forget_announced_limits(redis_server):
     for key in client.scan_iter(keys.limit("*", "announced")):
         client.delete(key)
 
+
 #: Workers take the task's rate_limit block: no test-wide override.
 NO_OVERRIDES = {
     f"MITRAILLEUSE_{provider}_{limit}": ""
