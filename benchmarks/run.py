@@ -7,7 +7,7 @@ target, met?) and writes the same rows, each bench's raw numbers and the machine
 to ``benchmarks/results.json`` (``results-quick.json`` with ``--quick``, a smoke test of every
 bench at small sizes in about two minutes).
 
-Usage: ``python benchmarks/run.py [inputs pipeline ratelimit scale native_batch guarantees]
+Usage: ``python benchmarks/run.py [inputs pipeline ratelimit limits scale native_batch guarantees]
 [--quick]``
 """
 
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "inputs": ([], ["--lines", "100000"]),
     "pipeline": ([], ["--items", "2000"]),
     "ratelimit": ([], ["--seconds", "12"]),
+    "limits": ([], ["--announced-items", "700", "--cookbook-items", "700"]),
     "scale": ([], ["--lines", "50000", "--seconds", "10"]),
     "native_batch": ([], ["--items", "5000", "--batch-duration-s", "3"]),
     "guarantees": ([], ["--items", "60", "--kill-items", "200", "--runs", "3"]),

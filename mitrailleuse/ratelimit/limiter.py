@@ -55,6 +55,10 @@ ANNOUNCED_REFRESH_S = 1.0
 #: an unchanged figure is written again at most this often, so a busy fleet writes rarely.
 ANNOUNCED_TTL_S = 600
 ANNOUNCED_REWRITE_S = 60.0
+#: The share of an announced limit the fleet uses: a call that starts a little late (a busy
+#: worker) then shares a 60-second window with the calls booked after it, and the provider,
+#: counting arrivals, would see one too many.
+ANNOUNCED_SHARE = 0.98
 #: Where each provider family announces its limits.
 LIMIT_HEADERS = {
     "requests": ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
@@ -103,10 +107,12 @@ class Limits:
     def adopting(self, requests: int | None, tokens: int | None) -> Limits:
         """These limits once the provider announced ``requests`` and ``tokens`` per minute.
 
-        An announced budget replaces the default, and lowers a budget the task set, never raises
-        it; a budget not announced stays as it is.
+        An announced budget (:data:`ANNOUNCED_SHARE` of it) replaces the default, and lowers a
+        budget the task set, never raises it; a budget not announced stays as it is.
         """
         rpm, tpm, announced = self.requests_per_minute, self.tokens_per_minute, set()
+        requests = math.floor(requests * ANNOUNCED_SHARE) if requests else None
+        tokens = math.floor(tokens * ANNOUNCED_SHARE) if tokens else None
         if requests and (self.requests_ceiling is None or requests < self.requests_ceiling):
             rpm = requests
             announced.add("requests")

@@ -93,7 +93,8 @@ def test_durations():
 
 
 def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_server):
-    """Limits left unset follow the provider's headers, for every worker; a set one caps them."""
+    """Limits left unset follow the provider's headers (98% of them), for every worker; a set
+    one caps them."""
     client = redis.Redis.from_url(redis_server.url)
     model = uuid.uuid4().hex
     unset = Limits.resolve("test", RateLimit())
@@ -101,21 +102,21 @@ def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_
     assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (500, 200_000)
 
     one.observe({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"})
-    assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (3000, 2_000_000)
+    assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (2940, 1_960_000)
     assert one.limits.announced == {"requests", "tokens"}
     time.sleep(ANNOUNCED_REFRESH_S)
-    assert other.limits.requests_per_minute == 3000  # another worker, through Redis
+    assert other.limits.requests_per_minute == 2940  # another worker, through Redis
 
     one.observe({"anthropic-ratelimit-requests-limit": "1000"})  # down, in the other family
     time.sleep(ANNOUNCED_REFRESH_S)
-    assert other.limits.requests_per_minute == 1000
-    assert other.limits.tokens_per_minute == 2_000_000
+    assert other.limits.requests_per_minute == 980
+    assert other.limits.tokens_per_minute == 1_960_000
 
     capped = Limits.resolve("test", RateLimit(requests_per_minute=800, tokens_per_minute=0))
     ceiling = RedisLimiter(client, "test", model, capped)
     assert ceiling.limits.requests_per_minute == 800  # the task's is lower than the 1000
-    assert ceiling.limits.tokens_per_minute == 2_000_000  # "no token budget" gives way
+    assert ceiling.limits.tokens_per_minute == 1_960_000  # "no token budget" gives way
     one.observe({"x-ratelimit-limit-requests": "400"})
     time.sleep(ANNOUNCED_REFRESH_S)
-    assert ceiling.limits.requests_per_minute == 400
+    assert ceiling.limits.requests_per_minute == 392
     assert ceiling.limits.announced == {"requests", "tokens"}

@@ -93,7 +93,7 @@ def test_limits_announced_by_the_provider_are_adopted(tmp_path, tasks_dir, sim, 
     assert ten_s >= 0.95 * limit / 6, f"best 10 s in the first minute: {ten_s} requests"
     assert max_in_window(accepted, 10.0) <= (limit / 6) * 1.05 + limit / 60
     summary = task.summary()
-    assert summary["rate_limit"]["requests_per_minute"] == limit
+    assert summary["rate_limit"]["requests_per_minute"] == limit * 0.98  # a margin for late starts
     assert summary["rate_limit"]["announced_by_provider"] == ["requests"]
 
 
