@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 #: name -> (full-size arguments, --quick arguments); the script is bench_<name>.py.
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "inputs": ([], ["--lines", "100000"]),
-    "pipeline": ([], ["--items", "2000"]),
+    "pipeline": ([], ["--items", "2000", "--in-flight", "64", "--scale-items", "600"]),
     "ratelimit": ([], ["--seconds", "12"]),
     "limits": ([], ["--announced-items", "700", "--cookbook-items", "700"]),
     "scale": ([], ["--lines", "50000", "--seconds", "10"]),

@@ -14,10 +14,12 @@ grant frees the claims, and a dead worker's claims are free once its heartbeat s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +30,20 @@ from mitrailleuse.cost.limit import CostLimit, Reservation
 from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key, resolve_proxies
 from mitrailleuse.logs import shortened, shown_ids
-from mitrailleuse.pipeline import liveness
+from mitrailleuse.pipeline import call_loop, liveness
 from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
 from mitrailleuse.pipeline.chunks import group_calls
 from mitrailleuse.pipeline.retries import Verdict, after_error, attempt_of
 from mitrailleuse.pipeline.run_state import HeldClaims, RunState
 from mitrailleuse.pipeline.similarity import check_answers
-from mitrailleuse.providers import Answer, ErrorKind, Provider, ProviderError, provider_class
+from mitrailleuse.providers import (
+    Answer,
+    CallResult,
+    ErrorKind,
+    Provider,
+    ProviderError,
+    provider_class,
+)
 from mitrailleuse.ratelimit import WAITING, Claims, Grant, Held, ItemState, Limits, RedisLimiter
 from mitrailleuse.records import ItemRef, failed, succeeded
 
@@ -106,7 +115,10 @@ def context_for(run: RunState) -> RunContext:
     with _contexts_lock:
         _contexts[run.run_id] = context
         while len(_contexts) > MAX_CACHED_RUNS:
-            _contexts.popitem(last=False)[1].provider.close()
+            evicted = _contexts.popitem(last=False)[1].provider
+            evicted.close()
+            if evicted.async_calls:
+                call_loop.run(evicted.aclose())
     return context
 
 
@@ -132,13 +144,37 @@ class CallOutcome:
             self.retry_in_s = max(self.retry_in_s or 0.0, other.retry_in_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A granted call, ready to go at ``at`` (``time.monotonic()``: its booked rate slot)."""
+
+    payloads: list[dict[str, Any]]
+    timeout_s: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A call's result, and how long it took."""
+
+    result: CallResult
+    latency_ms: int
+
+
+#: A call, step by step: it yields the :class:`Send` it was granted, is sent back what came of
+#: it (a :class:`Sent`, or the exception thrown in), and returns its outcome. Everything it holds
+#: (the cost reservation, the claims, the rate lease) stays held across the send.
+Step = Generator[Send, Sent, CallOutcome]
+
+
 def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> CallOutcome:
     """Call the provider for the message's items that have no record yet.
 
-    A message carries up to ``general.calls_per_message`` calls, made one after the other:
-    Celery's cost per message is shared by them. Items the response cache knows are recorded as
-    ``cached`` without a call; items a live call elsewhere is sending wait for it. Each item
-    carries its own ``attempt`` count (1 when absent).
+    A message carries up to ``general.calls_per_message`` calls: Celery's cost per message is
+    shared by them. Each is granted in turn, then all are sent at once (on the call loop, when
+    the provider has an async client) and their records stored. Items the response cache knows
+    are recorded as ``cached`` without a call; items a live call elsewhere is sending wait for
+    it. Each item carries its own ``attempt`` count (1 when absent).
     """
     gate = run.before_call(chunk, [item["ordinal"] for item in items])
     pending = [item for item in items if item["ordinal"] not in gate.recorded]
@@ -157,13 +193,78 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
         hits = _store_hits(run, chunk, provider, pending, found.hits)
         context.cache.put(((found.hashes[o], a) for o, a in found.hits.items()), fresh=False)
         pending, hashes = found.misses, found.hashes
-    holder = liveness.holder(liveness.heartbeat(run.redis).owner)
+    owner = liveness.heartbeat(run.redis).owner
     outcome = CallOutcome(stored=hits)
-    for group in group_calls(type(provider), pending):
-        outcome.add(_call(run, chunk, context, group, hashes, holder))
-        if outcome.limited:
-            break  # the rate limiter or the cost limit holds calls back: the next ones would wait
+    granted: list[tuple[Step, Send]] = []
+    try:
+        for group in group_calls(type(provider), pending):
+            # a holding per call: calls of one message, out at once, must not take one
+            # another's claims for their own (two items with one request would both go)
+            step = _call(run, chunk, context, group, hashes, liveness.holder(owner))
+            try:
+                granted.append((step, next(step)))
+            except StopIteration as ended:
+                outcome.add(ended.value)
+                if outcome.limited:
+                    break  # the rate limiter or the cost limit holds calls back: the rest wait
+        sent = _send_all(provider, [send for _, send in granted])
+        while granted:
+            step, _ = granted.pop(0)
+            outcome.add(_finish(step, sent.pop(0)))
+    finally:
+        for step, _ in granted:  # an error on the way: free what the granted calls hold
+            step.close()
     return outcome
+
+
+def _finish(step: Step, sent: Sent | BaseException) -> CallOutcome:
+    """Hand a call what came of it; its outcome."""
+    try:
+        if isinstance(sent, BaseException):
+            step.throw(sent)
+        else:
+            step.send(sent)
+    except StopIteration as ended:
+        return ended.value
+    raise RuntimeError("a call asked to be sent twice")
+
+
+def _send_all(provider: Provider, sends: list[Send]) -> list[Sent | BaseException]:
+    """Send the granted calls, each at its slot.
+
+    All at once on the call loop when the provider has an async client, else one after the
+    other in this thread.
+    """
+    if provider.async_calls:
+        return call_loop.run(_send_concurrently(provider, sends))
+    return [_send_blocking(provider, send) for send in sends]
+
+
+async def _send_concurrently(provider: Provider, sends: list[Send]) -> list[Sent | BaseException]:
+    async def one(send: Send) -> Sent | BaseException:
+        await asyncio.sleep(max(send.at - time.monotonic(), 0.0))
+        started = time.monotonic()
+        try:
+            result = await provider.send_async(send.payloads, send.timeout_s)
+        except Exception as error:  # thrown into the call's step, which sorts it
+            return error
+        return Sent(result, _ms_since(started))
+
+    return await asyncio.gather(*(one(send) for send in sends))
+
+
+def _send_blocking(provider: Provider, send: Send) -> Sent | BaseException:
+    time.sleep(max(send.at - time.monotonic(), 0.0))
+    started = time.monotonic()
+    try:
+        result = provider.send(send.payloads, send.timeout_s)
+    except Exception as error:  # thrown into the call's step, which sorts it
+        return error
+    return Sent(result, _ms_since(started))
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 def _call(
@@ -173,8 +274,8 @@ def _call(
     pending: list[dict[str, Any]],
     hashes: dict[int, str],
     holder: str,
-) -> CallOutcome:
-    """Reserve the cost, take the grant and the claims, call, and store the records."""
+) -> Step:
+    """Reserve the cost, take the grant and the claims, have the call sent, store the records."""
     provider, section = context.provider, context.section
     payloads = [item["request"] for item in pending]
     worst = 0.0  # only a run with a cost limit reserves anything
@@ -201,7 +302,7 @@ def _call(
         if not isinstance(turn, Grant):
             return _put_off(run, provider, pending, turn, "rate budget", limited=True)
         with run.holding(claims.held_keys(turn.items)) as held:
-            outcome = _call_claimed(run, chunk, context, pending, turn, held, hashes)
+            outcome = yield from _call_claimed(run, chunk, context, pending, turn, held, hashes)
         waiting = _waiting(pending, turn.items)
         if waiting:
             outcome.add(_put_off(run, provider, waiting, CLAIM_POLL_S, HELD))
@@ -242,20 +343,21 @@ def _call_claimed(
     grant: Grant,
     held: HeldClaims,
     hashes: dict[int, str],
-) -> CallOutcome:
-    """Send the items the grant claimed, and store their records (with their claims' release)."""
+) -> Step:
+    """Have the items the grant claimed sent, and store their records (and free the claims)."""
     provider, section = context.provider, context.section
     claimed = [
         item for item, state in zip(pending, grant.items, strict=True) if state is ItemState.CLAIMED
     ]
     items = [ItemRef.of(item) for item in claimed]
     attempt = max(attempt_of(item) for item in claimed)
-    time.sleep(grant.delay_s)  # the slot the grant booked
-    started = time.monotonic()
+    send = Send(
+        [item["request"] for item in claimed], section.timeout_s, time.monotonic() + grant.delay_s
+    )
     try:
         with context.limiter.leased(grant) as used:
-            result = provider.send([item["request"] for item in claimed], section.timeout_s)
-            used.tokens = provider.used_tokens(result.answers)
+            sent = yield send
+            used.tokens = provider.used_tokens(sent.result.answers)
     except ProviderError as error:
         if error.kind is ErrorKind.RATE_LIMITED:
             context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
@@ -264,10 +366,9 @@ def _call_claimed(
         log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
         wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
         return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
-    context.limiter.observe(result.headers)
-    latency_ms = round((time.monotonic() - started) * 1000)
+    context.limiter.observe(sent.result.headers)
     return _store_answers(
-        run, chunk, context, items, result.answers, attempt, latency_ms, hashes, held
+        run, chunk, context, items, sent.result.answers, attempt, sent.latency_ms, hashes, held
     )
 
 

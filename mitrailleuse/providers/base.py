@@ -165,6 +165,9 @@ class Provider(ABC):
     max_bytes_per_call: ClassVar[int | None] = None
     #: Whether the provider has a native (discounted, asynchronous) batch API.
     supports_native_batch: ClassVar[bool] = False
+    #: Whether :meth:`send_async` exists: the calls of a message then go out concurrently on
+    #: the worker's call loop; without it they are sent one after the other by :meth:`send`.
+    async_calls: bool = False
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -228,9 +231,16 @@ class Provider(ABC):
     def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
         """Call the provider once for ``payloads``; raises ProviderError on failure."""
 
+    async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """:meth:`send` through the SDK's async client, on the worker's call loop."""
+        raise NotImplementedError(f"{self.name} has no async client")
+
     def native_batches(self) -> NativeBatchAPI:
         """The provider's native batch API (``supports_native_batch`` says whether it has one)."""
         raise NotImplementedError(f"{self.name} has no native batch API")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the async client's connections (on the call loop)."""

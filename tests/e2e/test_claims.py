@@ -21,8 +21,9 @@ from tests.e2e.helpers import new_task, questions, results, sent_twice
 pytestmark = pytest.mark.e2e
 
 
-def claim_keys(client: redis.Redis) -> list[bytes]:
-    return list(client.scan_iter(match="mtr:*claim*", count=1000))
+def claim_keys(client: redis.Redis, run_id: str) -> list[bytes]:
+    """The run's claims on its items (another test's killed worker may leave its own)."""
+    return list(client.scan_iter(match=keys.item_claim(run_id, "*"), count=1000))
 
 
 def test_copies_of_messages_running_beside_them_send_no_item_twice(
@@ -46,7 +47,8 @@ def test_copies_of_messages_running_beside_them_send_no_item_twice(
     assert [r["index"] for r in results(task)] == list(range(1, 17))
     assert sent_twice(sim) == {}
     assert sim.stats()["chat_requests"] == 16
-    assert claim_keys(redis.Redis.from_url(redis_server.url)) == [], "a claim outlived its call"
+    client = redis.Redis.from_url(redis_server.url)
+    assert claim_keys(client, run.run_id) == [], "a claim outlived its call"
 
 
 def test_a_claim_holds_its_item_only_while_its_holder_lives(
