@@ -103,7 +103,7 @@ def figures(run: dict, rpm: int) -> dict:
         "accepted": len(accepted),
         "429s": sum(e["status"] == 429 for e in log),
         "429_share": round(sum(e["status"] == 429 for e in log) / len(log), 4),
-        "fraction_of_limit": round(len(accepted) / run["wall_s"] * 60 / rpm, 3),
+        "fraction_of_limit": round(len(accepted) / max(run["wall_s"], 0.1) * 60 / rpm, 3),
         "first_minute_fraction": round(in_first_minute / rpm, 3) if span >= 60 else None,
         "reached_95_at_s": rate_reached_s(accepted, rpm),
     }

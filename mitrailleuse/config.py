@@ -275,8 +275,8 @@ class General(Section):
     db: Db = Field(default_factory=Db)
     similarity_check: SimilarityCheck = Field(default_factory=SimilarityCheck)
     max_items_in_flight: int = Field(default=2000, ge=1)
-    #: Provider calls per Celery message, made one after the other by one worker thread:
-    #: Celery's cost per message (most of the CPU an item takes) is shared by them.
+    #: Provider calls per Celery message, sent at once by the worker slot that runs it:
+    #: Celery's cost per message is shared by them.
     calls_per_message: int = Field(default=8, ge=1, le=100)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     #: Stop dispatching before the run's spend (with calls in flight at their worst case)
@@ -338,7 +338,7 @@ class Environment(BaseSettings):
     mitrailleuse_tasks_dir: Path = Path("tasks")
     #: Seconds before a message nobody acknowledged is delivered again (the last resort).
     mitrailleuse_visibility_timeout_s: int = Field(default=3600, ge=60)
-    #: Threads per worker process.
+    #: Message slots (threads) per worker process.
     mitrailleuse_concurrency: int = Field(default=64, ge=1)
     #: Task events on without Flower watching.
     mitrailleuse_task_events: bool = False

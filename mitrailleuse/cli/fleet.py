@@ -34,7 +34,8 @@ def worker(
         typer.Option(
             "-c",
             "--concurrency",
-            help="Threads: calls in flight at once (default 64, MITRAILLEUSE_CONCURRENCY).",
+            help="Message slots (threads), each sending its message's calls at once "
+            "(default 64, MITRAILLEUSE_CONCURRENCY).",
             show_default=False,
         ),
     ] = None,

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,8 +171,9 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     """Call the provider for the message's items that have no record yet.
 
     A message carries up to ``general.calls_per_message`` calls: Celery's cost per message is
-    shared by them. Each is granted in turn, then all are sent at once (on the call loop, when
-    the provider has an async client) and their records stored. Items the response cache knows
+    shared by them. They go in waves: the calls the budgets grant now are sent at once (on the
+    call loop, when the provider has an async client) and their records stored, then the next
+    wave; a message none of whose calls can go comes back later. Items the response cache knows
     are recorded as ``cached`` without a call; items a live call elsewhere is sending wait for
     it. Each item carries its own ``attempt`` count (1 when absent).
     """
@@ -195,26 +196,54 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
         pending, hashes = found.misses, found.hashes
     owner = liveness.heartbeat(run.redis).owner
     outcome = CallOutcome(stored=hits)
+    groups = deque(group_calls(type(provider), pending))
+    while groups:
+        held_back = _send_wave(run, chunk, context, groups, hashes, owner, outcome)
+        if held_back is not None:
+            outcome.add(held_back)  # not one call could go: the message comes back later
+            break
+    return outcome
+
+
+def _send_wave(
+    run: RunState,
+    chunk: int,
+    context: RunContext,
+    groups: deque[list[dict[str, Any]]],
+    hashes: dict[int, str],
+    owner: str,
+    outcome: CallOutcome,
+) -> CallOutcome | None:
+    """Grant calls until a budget holds one back, send them at once, fold in their outcomes.
+
+    The budgets are the rate limiter's and the cost limit's. The call held back stays first in
+    ``groups`` for the next wave (the budget has moved on by the time this wave is back); when
+    it is the wave's first call, its outcome is returned.
+    """
     granted: list[tuple[Step, Send]] = []
     try:
-        for group in group_calls(type(provider), pending):
+        while groups:
             # a holding per call: calls of one message, out at once, must not take one
             # another's claims for their own (two items with one request would both go)
-            step = _call(run, chunk, context, group, hashes, liveness.holder(owner))
+            step = _call(run, chunk, context, groups[0], hashes, liveness.holder(owner))
             try:
                 granted.append((step, next(step)))
             except StopIteration as ended:
+                if ended.value.limited:
+                    if not granted:
+                        groups.popleft()
+                        return ended.value
+                    break
                 outcome.add(ended.value)
-                if outcome.limited:
-                    break  # the rate limiter or the cost limit holds calls back: the rest wait
-        sent = _send_all(provider, [send for _, send in granted])
+            groups.popleft()
+        sent = _send_all(context.provider, [send for _, send in granted])
         while granted:
             step, _ = granted.pop(0)
             outcome.add(_finish(step, sent.pop(0)))
     finally:
         for step, _ in granted:  # an error on the way: free what the granted calls hold
             step.close()
-    return outcome
+    return None
 
 
 def _finish(step: Step, sent: Sent | BaseException) -> CallOutcome:

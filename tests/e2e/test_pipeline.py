@@ -47,6 +47,18 @@ def test_every_item_once_in_order_with_its_own_answer(tmp_path, tasks_dir, sim, 
     assert task.errors_path.read_bytes() == b""
 
 
+def test_the_calls_of_a_message_go_out_at_once(tmp_path, tasks_dir, sim, start_worker):
+    """One worker slot, one message of 8 calls at 500 ms each: the 8 are in flight together."""
+    sim.configure(latency_ms=500)
+    start_worker(concurrency=1)
+    m, task = new_task(tmp_path, questions(8), {"openai": {"batch": {"batch_size": 8}}})
+    progress = m.submit(task).wait(timeout=60)
+
+    assert progress.state == "completed" and progress.succeeded == 8
+    assert sim.stats()["max_in_flight"] == 8
+    assert [r["latency_ms"] >= 500 for r in results(task)] == [True] * 8
+
+
 def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
     from mitrailleuse.pipeline.app import app
 
