@@ -61,8 +61,10 @@ HELD = "held by a call elsewhere"
 #: How soon a call the cost limit cannot cover yet (other calls hold reservations) asks again.
 COST_POLL_S = 0.5
 
-#: A call books its rate-limit slot this far ahead at most, and sleeps until then in the worker
-#: thread; a longer wait frees the thread: the task is re-scheduled with a countdown.
+#: A call books its rate-limit slot this far ahead at most, and sleeps until then.
+HORIZON_S = 0.5
+#: A wave's first call that cannot book a slot yet waits in its worker thread this long at
+#: most; a longer wait frees the thread: the task is re-scheduled with a countdown.
 MOMENT_S = 0.5
 
 
@@ -225,7 +227,11 @@ def _send_wave(
         while groups:
             # a holding per call: calls of one message, out at once, must not take one
             # another's claims for their own (two items with one request would both go)
-            step = _call(run, chunk, context, groups[0], hashes, liveness.holder(owner))
+            # only a wave's first call waits for its grant: the calls granted before it would
+            # hold their rate slots and in-flight leases unsent meanwhile
+            patience_s = 0.0 if granted else MOMENT_S
+            holder = liveness.holder(owner)
+            step = _call(run, chunk, context, groups[0], hashes, holder, patience_s)
             try:
                 granted.append((step, next(step)))
             except StopIteration as ended:
@@ -303,8 +309,12 @@ def _call(
     pending: list[dict[str, Any]],
     hashes: dict[int, str],
     holder: str,
+    patience_s: float,
 ) -> Step:
-    """Reserve the cost, take the grant and the claims, have the call sent, store the records."""
+    """Reserve the cost, take the grant and the claims, have the call sent, store the records.
+
+    The grant is waited for in place ``patience_s`` at most.
+    """
     provider, section = context.provider, context.section
     payloads = [item["request"] for item in pending]
     worst = 0.0  # only a run with a cost limit reserves anything
@@ -320,9 +330,8 @@ def _call(
         ordinals = [item["ordinal"] for item in pending]
         request_hashes = [hashes[o] for o in ordinals] if hashes else None
         claims = run.claims(chunk, ordinals, holder, request_hashes)
-        turn = _acquire(
-            context.limiter, provider.estimate_tokens(payloads), section.timeout_s, claims
-        )
+        tokens = provider.estimate_tokens(payloads)
+        turn = _acquire(context.limiter, tokens, section.timeout_s, claims, patience_s)
         if isinstance(turn, Held):
             waiting = _waiting(pending, turn.items)
             if not waiting:
@@ -490,12 +499,12 @@ def _store_hits(
 
 
 def _acquire(
-    limiter: RedisLimiter, tokens: int, timeout_s: float, claims: Claims
+    limiter: RedisLimiter, tokens: int, timeout_s: float, claims: Claims, patience_s: float
 ) -> Grant | Held | float:
-    """A grant, waiting in place for a moment at most; else the longer wait still needed."""
-    deadline = time.monotonic() + MOMENT_S
+    """A grant, waiting in place ``patience_s`` at most; else the longer wait still needed."""
+    deadline = time.monotonic() + patience_s
     while True:
-        turn = limiter.acquire(tokens, timeout_s, claims, horizon_s=MOMENT_S)
+        turn = limiter.acquire(tokens, timeout_s, claims, horizon_s=HORIZON_S)
         if not isinstance(turn, float) or time.monotonic() + turn > deadline:
             return turn
         time.sleep(turn)

@@ -35,7 +35,9 @@ end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
-  return {0, 25}
+  -- every call slot is taken: a fleet of waiting threads, each looking again every 25 ms,
+  -- spent a whole core asking; a fifth of the horizon keeps the slots busy for a tenth of it
+  return {0, math.max(25, horizon / 5)}
 end
 
 local interval = 60000 / rpm
