@@ -115,7 +115,10 @@ def context_for(run: RunState) -> RunContext:
         else None,
     )
     with _contexts_lock:
-        _contexts[run.run_id] = context
+        first = _contexts.setdefault(run.run_id, context)
+        if first is not context:  # another thread built it meanwhile: one provider per run
+            provider.close()  # never used: it has no async client to close
+            return first
         while len(_contexts) > MAX_CACHED_RUNS:
             evicted = _contexts.popitem(last=False)[1].provider
             evicted.close()
