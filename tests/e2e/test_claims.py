@@ -65,10 +65,12 @@ def test_a_claim_holds_its_item_only_while_its_holder_lives(
         time.sleep(0.02)
     client.set(keys.item_claim(run.run_id, 0), "gone-owner token", px=600_000)
     client.set(keys.item_claim(run.run_id, 1), "live-owner token", px=600_000)
-    client.set(keys.alive("live-owner"), 1, px=3000)
-    alive_until = time.time() + 3
-
+    client.set(keys.alive("live-owner"), 1, px=60_000)
     start_worker(queues=["openai"])
+    # alive 3 more seconds from the moment the worker is ready (its start takes seconds on a
+    # busy machine: counted from before it, the window closed before its first call)
+    client.pexpire(keys.alive("live-owner"), 3000)
+    alive_until = time.time() + 3
     progress = run.wait(timeout=60)
     assert progress.state == "completed" and progress.succeeded == 4, progress
     sent = {entry["texts"][0].split(":")[0]: entry["t"] for entry in sim.log()}

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from mitrailleuse.config import General
 from mitrailleuse.inputs import iter_items
 from mitrailleuse.pipeline.chunks import build_chunk
 from mitrailleuse.pipeline.tasks import call, run_state
@@ -27,7 +28,8 @@ def test_a_killed_worker_items_are_finished_by_the_other_one(
 ):
     """Two workers at the defaults; one is SIGKILLed mid-run; the other finishes the run.
 
-    Only the items the dead worker had on the wire may be sent twice: at most one per thread.
+    Only the items the dead worker had on the wire may be sent twice: at most a message's
+    calls per slot (each slot sends its message's calls at once).
     """
     sim.configure(latency_ms=50)
     doomed = start_worker(concurrency=8)
@@ -45,7 +47,8 @@ def test_a_killed_worker_items_are_finished_by_the_other_one(
     assert progress.state == "completed" and progress.succeeded == 600, progress
     assert [r["index"] for r in results(task)] == list(range(1, 601)), "missing or doubled"
     twice = sent_twice(sim)
-    assert len(twice) <= 8, f"{len(twice)} items sent twice; the dead worker had 8 threads"
+    bound = 8 * General().calls_per_message
+    assert len(twice) <= bound, f"{len(twice)} items sent twice; the dead worker had {bound} out"
     assert all(times[0] <= killed_at for times in twice.values()), twice
     print(f"completed {recovered_s:.1f}s after the kill ({done_at_kill}/600 done then)")
 
