@@ -56,14 +56,11 @@ def pace_hint(summary: dict[str, Any], one_item_per_call: bool) -> str | None:
     field = f"{summary.get('provider')}.rate_limit"
     calls = summary.get("attempts") or 0
     tokens = (summary.get("tokens") or {}).get("total_tokens") or 0
-    for budget, used, unit in (
-        ("requests", calls if one_item_per_call else 0, "requests"),
-        ("tokens", tokens, "tokens"),
-    ):
+    for budget, used in (("requests", calls if one_item_per_call else 0), ("tokens", tokens)):
         limit = limits.get(f"{budget}_per_minute")
         if not limit or used / minutes < _HELD_SHARE * limit:
             continue
-        pace = f"the rate budget set the pace: {used / minutes:,.0f} {unit}/min against "
+        pace = f"the rate budget set the pace: {used / minutes:,.0f} {budget}/min against "
         if budget in limits.get("announced_by_provider", ()):
             return pace + f"the {limit:,} a minute the provider announces for your account"
         return (

@@ -116,15 +116,17 @@ def context_for(run: RunState) -> RunContext:
     )
     with _contexts_lock:
         first = _contexts.setdefault(run.run_id, context)
-        if first is not context:  # another thread built it meanwhile: one provider per run
-            provider.close()  # never used: it has no async client to close
-            return first
-        while len(_contexts) > MAX_CACHED_RUNS:
-            evicted = _contexts.popitem(last=False)[1].provider
-            evicted.close()
-            if evicted.async_calls:
-                call_loop.run(evicted.aclose())
-    return context
+        evicted = [
+            _contexts.popitem(last=False)[1].provider
+            for _ in range(len(_contexts) - MAX_CACHED_RUNS)
+        ]
+    if first is not context:  # another thread built it meanwhile: one provider per run
+        provider.close()  # never used: it has no async client to close
+    for old in evicted:  # closed outside the lock: other threads find their contexts meanwhile
+        old.close()
+        if old.async_calls:
+            call_loop.run(old.aclose())
+    return first
 
 
 @dataclass(slots=True)
