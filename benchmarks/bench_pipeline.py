@@ -109,22 +109,44 @@ async def _baseline(url: str, items: int, concurrency: int) -> None:
         await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
-def run_baseline(bench, items: int, concurrency: int) -> dict:
-    """asyncio + httpx in a forked child, so its CPU time is measured alone."""
+async def _sdk_alone(url: str, items: int, concurrency: int) -> None:
+    """The worker's transport alone (``OpenAIProvider.send_async``: the SDK over aiohttp), as a
+    plain loop: the part of the pipeline's cost that keeping the real SDK cannot shed."""
+    from mitrailleuse.config import parse_config
+    from mitrailleuse.providers import provider_class
+
+    section = parse_config({"openai": {"api_information": {"model": "gpt-4o-mini"}}}).openai
+    provider = provider_class("openai")(section, BENCH_KEY)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(items):
+        queue.put_nowait(n)
+
+    async def loop() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            payload = {"messages": [{"role": "user", "content": f"b{n}"}]}
+            await provider.send_async([payload], 60)
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    await provider.aclose()
+
+
+def run_baseline(bench, items: int, concurrency: int, loop=_baseline) -> dict:
+    """A plain loop (asyncio + httpx) in a forked child, so its CPU time is measured alone."""
     bench.simulator.reset()
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            asyncio.run(_baseline(bench.env["OPENAI_BASE_URL"], items, concurrency))
+            asyncio.run(loop(bench.env["OPENAI_BASE_URL"], items, concurrency))
             code = 0
         finally:
             os._exit(code)
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - started
     if status != 0:
-        raise SystemExit(f"the asyncio + httpx baseline exited with {status}")
+        raise SystemExit(f"the {loop.__name__} loop exited with {status}")
     return {
         "items": items,
         "wall_s": round(wall, 2),
@@ -149,6 +171,7 @@ def main() -> None:
     with bench_env() as bench:
         overhead = run_pipeline(bench, args.items, "overhead")
         baseline = run_baseline(bench, args.items, default_c)
+        sdk = run_baseline(bench, args.items, default_c, loop=_sdk_alone)
         zero = [run_pipeline(bench, args.items // 2, f"zero{n}", workers=n) for n in (1, 2)]
         bench.simulator.configure(latency_ms=args.scale_latency_ms)
         scaled = [
@@ -176,6 +199,12 @@ def main() -> None:
             + ratio(overhead["cpu_ms_per_item"], baseline["cpu_ms_per_item"]),
             "ratio <= 1.3",
             overhead["cpu_ms_per_item"] <= 1.3 * baseline["cpu_ms_per_item"],
+        ),
+        Row(
+            "overhead: CPU-ms/item of the SDK alone (OpenAIProvider.send_async in a plain loop)",
+            f"{sdk['cpu_ms_per_item']:.2f}",
+            f"{baseline['cpu_ms_per_item']:.2f} ({base}); ratio "
+            + ratio(sdk["cpu_ms_per_item"], baseline["cpu_ms_per_item"]),
         ),
         Row(
             f"concurrency: calls in flight at {ms:.0f} ms, max_in_flight {c}, "

@@ -4,7 +4,7 @@ Samples only threads holding the GIL (``py-spy record --gil``), so waiting is no
 prints the share of samples per package (self time) and per function (inclusive). Needs
 ``pip install py-spy`` (and the right to trace the worker: root, or ptrace allowed).
 
-Usage: ``python benchmarks/profile_worker.py [--items 5000] [--latency-ms 0] [--top 40]``
+Usage: ``python benchmarks/profile_worker.py [--items 5000] [--latency-ms 0] [--in-flight N]``
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--in-flight", type=int, help="rate_limit.max_in_flight (default: none)")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -57,7 +58,8 @@ def main() -> None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     with bench_env() as bench:
         bench.simulator.configure(latency_ms=args.latency_ms)
-        worker = bench.worker(env=UNLIMITED_ENV)
+        capped = {"MITRAILLEUSE_OPENAI_MAX_IN_FLIGHT": str(args.in_flight or "")}
+        worker = bench.worker(env={**UNLIMITED_ENV, **(capped if args.in_flight else {})})
         source = write_questions(bench.scratch / "profile.jsonl", args.items)
         m = Mitrailleuse()
         config = {"openai": {"batch": {"batch_size": 50}, "rate_limit": UNLIMITED_CONFIG}}

@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -35,6 +36,11 @@ def _running_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def submit(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+    """Start ``coroutine`` on the process's call loop; its result, when it lands."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _running_loop())
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on the process's call loop and wait for its result."""
-    return asyncio.run_coroutine_threadsafe(coroutine, _running_loop()).result()
+    return submit(coroutine).result()

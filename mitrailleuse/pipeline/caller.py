@@ -20,6 +20,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Generator
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,16 @@ from mitrailleuse.providers import (
     ProviderError,
     provider_class,
 )
-from mitrailleuse.ratelimit import WAITING, Claims, Grant, Held, ItemState, Limits, RedisLimiter
+from mitrailleuse.ratelimit import (
+    WAITING,
+    AllInFlight,
+    Claims,
+    Grant,
+    Held,
+    ItemState,
+    Limits,
+    RedisLimiter,
+)
 from mitrailleuse.records import ItemRef, failed, succeeded
 
 log = logging.getLogger(__name__)
@@ -63,8 +74,8 @@ COST_POLL_S = 0.5
 
 #: A call books its rate-limit slot this far ahead at most, and sleeps until then.
 HORIZON_S = 0.5
-#: A wave's first call that cannot book a slot yet waits in its worker thread this long at
-#: most; a longer wait frees the thread: the task is re-scheduled with a countdown.
+#: A message with no call out that cannot book a slot yet waits in its worker thread this long
+#: at most; a longer wait frees the thread: the task is re-scheduled with a countdown.
 MOMENT_S = 0.5
 
 
@@ -178,9 +189,9 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     """Call the provider for the message's items that have no record yet.
 
     A message carries up to ``general.calls_per_message`` calls: Celery's cost per message is
-    shared by them. They go in waves: the calls the budgets grant now are sent at once (on the
-    call loop, when the provider has an async client) and their records stored, then the next
-    wave; a message none of whose calls can go comes back later. Items the response cache knows
+    shared by them. As many go at once as the budgets grant (on the call loop, when the provider
+    has an async client), each answer's records stored as it lands and the next call sent in its
+    place; a message none of whose calls can go comes back later. Items the response cache knows
     are recorded as ``cached`` without a call; items a live call elsewhere is sending wait for
     it. Each item carries its own ``attempt`` count (1 when absent).
     """
@@ -204,15 +215,11 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     owner = liveness.heartbeat(run.redis).owner
     outcome = CallOutcome(stored=hits)
     groups = deque(group_calls(type(provider), pending))
-    while groups:
-        held_back = _send_wave(run, chunk, context, groups, hashes, owner, outcome)
-        if held_back is not None:
-            outcome.add(held_back)  # not one call could go: the message comes back later
-            break
+    _call_window(run, chunk, context, groups, hashes, owner, outcome)
     return outcome
 
 
-def _send_wave(
+def _call_window(
     run: RunState,
     chunk: int,
     context: RunContext,
@@ -220,41 +227,101 @@ def _send_wave(
     hashes: dict[int, str],
     owner: str,
     outcome: CallOutcome,
-) -> CallOutcome | None:
-    """Grant calls until a budget holds one back, send them at once, fold in their outcomes.
+) -> None:
+    """Keep as many of the message's calls out as the budgets grant, until all have gone.
 
-    The budgets are the rate limiter's and the cost limit's. The call held back stays first in
-    ``groups`` for the next wave (the budget has moved on by the time this wave is back); when
-    it is the wave's first call, its outcome is returned.
+    Each answer frees its call's in-flight lease and rate slot at once, and the next call takes
+    them: a message never waits for its slowest call before sending more (calls sent in waves
+    left leases idle, and a wave granted one free lease went out as one call). A call a budget
+    holds back stays first in ``groups`` and asks again when one of the message's calls is
+    back, or when the budget said; when none is out, it waits in place ``MOMENT_S`` at most,
+    then the message comes back later with its outcome.
     """
-    granted: list[tuple[Step, Send]] = []
+    out: dict[Future[Sent | BaseException], Step] = {}
     try:
-        while groups:
-            # a holding per call: calls of one message, out at once, must not take one
-            # another's claims for their own (two items with one request would both go)
-            # only a wave's first call waits for its grant: the calls granted before it would
-            # hold their rate slots and in-flight leases unsent meanwhile
-            patience_s = 0.0 if granted else MOMENT_S
-            holder = liveness.holder(owner)
-            step = _call(run, chunk, context, groups[0], hashes, holder, patience_s)
-            try:
-                granted.append((step, next(step)))
-            except StopIteration as ended:
-                if ended.value.limited:
-                    if not granted:
-                        groups.popleft()
-                        return ended.value
-                    break
-                outcome.add(ended.value)
-            groups.popleft()
-        sent = _send_all(context.provider, [send for _, send in granted])
-        while granted:
-            step, _ = granted.pop(0)
-            outcome.add(_finish(step, sent.pop(0)))
+        while groups or out:
+            wait_s = _grant_while_budgets_allow(
+                run, chunk, context, groups, hashes, owner, out, outcome
+            )
+            if isinstance(wait_s, CallOutcome):
+                outcome.add(wait_s)  # held back with none out: the message comes back later
+                return
+            done, _ = futures.wait(out, timeout=wait_s, return_when=futures.FIRST_COMPLETED)
+            # answers that landed together are stored in input order: of two similar answers,
+            # the later item is the one flagged
+            for future in [future for future in out if future in done]:
+                outcome.add(_finish(out.pop(future), future.result()))
     finally:
-        for step, _ in granted:  # an error on the way: free what the granted calls hold
-            step.close()
+        if out:  # an error on the way: let the calls out land, then free what they hold
+            futures.wait(out)
+            for step in out.values():
+                step.close()
+
+
+def _grant_while_budgets_allow(
+    run: RunState,
+    chunk: int,
+    context: RunContext,
+    groups: deque[list[dict[str, Any]]],
+    hashes: dict[int, str],
+    owner: str,
+    out: dict[Future[Sent | BaseException], Step],
+    outcome: CallOutcome,
+) -> float | CallOutcome | None:
+    """Send the calls the budgets grant now; how long to wait for an answer before asking again.
+
+    ``None`` (wait for an answer) when every call has gone, or every in-flight slot is taken
+    (an answer frees one, and polling for the others' cost a core); the budget's wait when it
+    holds a call back; the held-back call's outcome when none is out.
+    Calls that end without being sent (cached meanwhile, held elsewhere) fold into ``outcome``.
+    """
+    while groups:
+        # a holding per call: calls of one message, out at once, must not take one another's
+        # claims for their own (two items with one request would both go); a call waits for
+        # its grant in place only when none is out: an answer frees a lease sooner
+        patience_s = 0.0 if out else MOMENT_S
+        step = _call(run, chunk, context, groups[0], hashes, liveness.holder(owner), patience_s)
+        try:
+            send = next(step)
+        except StopIteration as ended:
+            if ended.value.limited:
+                if not out:
+                    return ended.value
+                wait_s = ended.value.retry_in_s  # every in-flight slot taken: ours free one
+                return None if isinstance(wait_s, AllInFlight) else wait_s
+            groups.popleft()
+            outcome.add(ended.value)
+            continue
+        groups.popleft()
+        out[_dispatch(context.provider, send)] = step
     return None
+
+
+def _dispatch(provider: Provider, send: Send) -> Future[Sent | BaseException]:
+    """Send a granted call at its slot; its answer, when it lands.
+
+    On the call loop when the provider has an async client, else here, in this thread (the
+    future comes back done).
+    """
+    if provider.async_calls:
+        return call_loop.submit(_send_async(provider, send))
+    future: Future[Sent | BaseException] = Future()
+    time.sleep(max(send.at - time.monotonic(), 0.0))
+    started = time.monotonic()
+    try:
+        future.set_result(Sent(provider.send(send.payloads, send.timeout_s), _ms_since(started)))
+    except Exception as error:  # thrown into the call's step, which sorts it
+        future.set_result(error)
+    return future
+
+
+async def _send_async(provider: Provider, send: Send) -> Sent | BaseException:
+    await asyncio.sleep(max(send.at - time.monotonic(), 0.0))
+    started = time.monotonic()
+    try:
+        return Sent(await provider.send_async(send.payloads, send.timeout_s), _ms_since(started))
+    except Exception as error:  # thrown into the call's step, which sorts it
+        return error
 
 
 def _finish(step: Step, sent: Sent | BaseException) -> CallOutcome:
@@ -267,40 +334,6 @@ def _finish(step: Step, sent: Sent | BaseException) -> CallOutcome:
     except StopIteration as ended:
         return ended.value
     raise RuntimeError("a call asked to be sent twice")
-
-
-def _send_all(provider: Provider, sends: list[Send]) -> list[Sent | BaseException]:
-    """Send the granted calls, each at its slot.
-
-    All at once on the call loop when the provider has an async client, else one after the
-    other in this thread.
-    """
-    if provider.async_calls:
-        return call_loop.run(_send_concurrently(provider, sends))
-    return [_send_blocking(provider, send) for send in sends]
-
-
-async def _send_concurrently(provider: Provider, sends: list[Send]) -> list[Sent | BaseException]:
-    async def one(send: Send) -> Sent | BaseException:
-        await asyncio.sleep(max(send.at - time.monotonic(), 0.0))
-        started = time.monotonic()
-        try:
-            result = await provider.send_async(send.payloads, send.timeout_s)
-        except Exception as error:  # thrown into the call's step, which sorts it
-            return error
-        return Sent(result, _ms_since(started))
-
-    return await asyncio.gather(*(one(send) for send in sends))
-
-
-def _send_blocking(provider: Provider, send: Send) -> Sent | BaseException:
-    time.sleep(max(send.at - time.monotonic(), 0.0))
-    started = time.monotonic()
-    try:
-        result = provider.send(send.payloads, send.timeout_s)
-    except Exception as error:  # thrown into the call's step, which sorts it
-        return error
-    return Sent(result, _ms_since(started))
 
 
 def _ms_since(started: float) -> int:
@@ -343,7 +376,8 @@ def _call(
                 return CallOutcome()  # cancelled, or every item is recorded
             return _put_off(run, provider, waiting, CLAIM_POLL_S, HELD)
         if not isinstance(turn, Grant):
-            return _put_off(run, provider, pending, turn, "rate budget", limited=True)
+            reason = "in-flight cap" if isinstance(turn, AllInFlight) else "rate budget"
+            return _put_off(run, provider, pending, turn, reason, limited=True)
         with run.holding(claims.held_keys(turn.items)) as held:
             outcome = yield from _call_claimed(run, chunk, context, pending, turn, held, hashes)
         waiting = _waiting(pending, turn.items)

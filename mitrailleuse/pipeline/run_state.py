@@ -19,6 +19,7 @@ from typing import Any, cast
 import orjson
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from mitrailleuse import keys
@@ -26,6 +27,7 @@ from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import ALIVE_PREFIX
 from mitrailleuse.ratelimit import Claims
 from mitrailleuse.records import Mode
+from mitrailleuse.scripts import script
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, TaskState
 
 #: Count fields of the run hash, as in ``status.json``.
@@ -51,6 +53,18 @@ def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for record in records:
         count_record(counts, record)
     return counts
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    """A record's count in ``store.lua``: ``s`` succeeded, ``c`` from the cache, ``f`` failed."""
+    if record["status"] != "succeeded":
+        return "f"
+    return "c" if record.get("cached") else "s"
+
+
+@cache
+def _store_script(client: redis.Redis) -> Script:
+    return script(client, "pipeline/store.lua")
 
 
 @dataclass(slots=True)
@@ -441,22 +455,20 @@ class RunState:
     ) -> int:
         """Store each item's record once; count only those stored first. Returns how many.
 
-        The call's claims (``release``) are freed in the same round trip, after the records:
-        a copy of the message then finds the records, never a free item.
+        The records, their counts, the call's claims (``release``) and the progress event go in
+        one round trip (``store.lua``), the records before the claims: a copy of the message then
+        finds the records, never a free item.
         """
-        key = keys.chunk_records(self.run_id, chunk)
-        records = list(records)
-        pipe = self.redis.pipeline(transaction=False)
+        args: list[Any] = [keys.events(self.run_id)]
         for ordinal, record in records:
-            pipe.hsetnx(key, ordinal, orjson.dumps(record))
-        if release is not None and release.keys:
-            pipe.delete(*release.keys)
-        stored = pipe.execute()[: len(records)]
+            args += [ordinal, orjson.dumps(record), _outcome(record), record.get("cost_usd") or 0.0]
+        claim_keys = release.keys if release is not None else []
+        stored = _store_script(self.redis)(
+            keys=[keys.chunk_records(self.run_id, chunk), self.key, *claim_keys], args=args
+        )
         if release is not None:
             release.settled = True
-        new = [record for (_, record), is_new in zip(records, stored, strict=True) if is_new]
-        self.add_counts(record_counts(new))
-        return len(new)
+        return int(stored)
 
     def add_counts(self, counts: dict[str, Any]) -> None:
         """Add to the run's counts and spend, and tell listeners."""

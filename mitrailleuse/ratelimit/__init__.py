@@ -2,6 +2,7 @@
 
 from mitrailleuse.ratelimit.limiter import (
     WAITING,
+    AllInFlight,
     Claims,
     Grant,
     Held,
@@ -14,6 +15,7 @@ from mitrailleuse.ratelimit.limiter import (
 
 __all__ = [
     "WAITING",
+    "AllInFlight",
     "Claims",
     "Grant",
     "Held",

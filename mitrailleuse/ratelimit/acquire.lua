@@ -10,8 +10,8 @@
 --       slot); with claims: 8 chunk number, 9 holder ("<owner> <token>"),
 --       10 alive-key prefix, then each item's ordinal
 -- Returns {1, ms, state...} granted for the items in state 0 (claimed for this call), to be
---         sent in ms (its booked slot); {0, ms} wait that long first; {2, 0, state...} nothing
---         to call; {3, 0} cancelled.
+--         sent in ms (its booked slot); {0, ms} wait that long first; {4, ms} the same, every
+--         in-flight slot taken; {2, 0, state...} nothing to call; {3, 0} cancelled.
 -- Item states: 0 claimed here; 1 recorded already; 2 a live call elsewhere has the item;
 --              3 a live call elsewhere has an identical request, or its answer is cached now.
 -- Nothing is written unless a call is granted: a call held back holds no claim.
@@ -37,7 +37,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
   -- every call slot is taken: a fleet of waiting threads, each looking again every 25 ms,
   -- spent a whole core asking; a fifth of the horizon keeps the slots busy for a tenth of it
-  return {0, math.max(25, horizon / 5)}
+  return {4, math.max(25, horizon / 5)}
 end
 
 local interval = 60000 / rpm

@@ -193,6 +193,10 @@ class Grant:
     delay_s: float = 0.0
 
 
+class AllInFlight(float):
+    """A wait because every in-flight slot is taken: the next one is free with an answer."""
+
+
 @dataclass(slots=True)
 class TokenUse:
     """The tokens a granted call used, when its response says (the grant's estimate is fixed)."""
@@ -299,6 +303,8 @@ class RedisLimiter:
             return Grant(lease_id, tokens, items, wait_ms / 1000)
         if outcome == 0:
             return wait_ms / 1000
+        if outcome == 4:
+            return AllInFlight(wait_ms / 1000)
         return Held(cancelled=outcome == 3, items=items)
 
     def release(self, grant: Grant, actual_tokens: int | None = None) -> None:
