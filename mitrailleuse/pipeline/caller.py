@@ -230,12 +230,13 @@ def _call_window(
 ) -> None:
     """Keep as many of the message's calls out as the budgets grant, until all have gone.
 
-    Each answer frees its call's in-flight lease and rate slot at once, and the next call takes
-    them: a message never waits for its slowest call before sending more (calls sent in waves
-    left leases idle, and a wave granted one free lease went out as one call). A call a budget
-    holds back stays first in ``groups`` and asks again when one of the message's calls is
-    back, or when the budget said; when none is out, it waits in place ``MOMENT_S`` at most,
-    then the message comes back later with its outcome.
+    An answer frees its call's in-flight lease and rate slot, and the next call takes them: a
+    message never waits for its slowest call before sending more (calls sent in waves left
+    leases idle, and a wave granted one free lease went out as one call). Answers are taken in
+    the order their calls went, so an answer that lands before an earlier call's keeps its lease
+    until that one is back. A call a budget holds back stays first in ``groups`` and asks again
+    when the message's first call out is back, or when the budget said; when none is out, it
+    waits in place ``MOMENT_S`` at most, then the message comes back later with its outcome.
     """
     out: dict[Future[Sent | BaseException], Step] = {}
     try:
@@ -246,11 +247,13 @@ def _call_window(
             if isinstance(wait_s, CallOutcome):
                 outcome.add(wait_s)  # held back with none out: the message comes back later
                 return
-            done, _ = futures.wait(out, timeout=wait_s, return_when=futures.FIRST_COMPLETED)
-            # answers that landed together are stored in input order: of two similar answers,
-            # the later item is the one flagged
-            for future in [future for future in out if future in done]:
-                outcome.add(_finish(out.pop(future), future.result()))
+            if not out:
+                return  # the last calls ended unsent (answered meanwhile, or held elsewhere)
+            # answers are stored in the order their calls went (input order), whatever order
+            # they land in: of two similar answers, the later item is always the one flagged
+            futures.wait([next(iter(out))], timeout=wait_s)
+            while out and (first := next(iter(out))).done():
+                outcome.add(_finish(out.pop(first), first.result()))
     finally:
         if out:  # an error on the way: let the calls out land, then free what they hold
             futures.wait(out)
