@@ -53,6 +53,7 @@ from mitrailleuse.ratelimit import (
     Grant,
     Held,
     ItemState,
+    Lease,
     Limits,
     RedisLimiter,
 )
@@ -434,22 +435,23 @@ def _call_claimed(
     send = Send(
         [item["request"] for item in claimed], section.timeout_s, time.monotonic() + grant.delay_s
     )
-    try:
-        with context.limiter.leased(grant) as used:
+    with context.limiter.leased(grant) as lease:
+        try:
             sent = yield send
-            used.tokens = provider.used_tokens(sent.result.answers)
-    except ProviderError as error:
-        if error.kind is ErrorKind.RATE_LIMITED:
-            context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
-        return _after_error(run, chunk, provider, items, error, attempt, section.retry)
-    except Exception as error:  # a bug or an SDK surprise must not stall the chord
-        log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
-        wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
-        return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
-    context.limiter.observe(sent.result.headers)
-    return _store_answers(
-        run, chunk, context, items, sent.result.answers, attempt, sent.latency_ms, hashes, held
-    )
+            lease.tokens = provider.used_tokens(sent.result.answers)
+        except ProviderError as error:
+            if error.kind is ErrorKind.RATE_LIMITED:
+                context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
+            return _after_error(run, chunk, provider, items, error, attempt, section.retry)
+        except Exception as error:  # a bug or an SDK surprise must not stall the chord
+            log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
+            wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
+            return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
+        context.limiter.observe(sent.result.headers)
+        answers = sent.result.answers
+        return _store_answers(
+            run, chunk, context, items, answers, attempt, sent.latency_ms, hashes, held, lease
+        )
 
 
 def _store_answers(
@@ -462,8 +464,9 @@ def _store_answers(
     latency_ms: int,
     hashes: dict[int, str],
     held: HeldClaims,
+    lease: Lease,
 ) -> CallOutcome:
-    """Records of a call's answers, its claims freed with them.
+    """Records of a call's answers, its claims freed and its lease ended with them.
 
     Answers too like recent ones may be asked again instead (similarity check).
     """
@@ -503,7 +506,7 @@ def _store_answers(
             if item.ordinal in hashes and item.ordinal not in reask
         )
     kept = [(o, record) for o, record in records.items() if o not in reask]
-    stored = run.store_records(chunk, kept, release=held)
+    stored = run.store_records(chunk, kept, release=held, lease=lease)
     if reask:
         wait_s = similarity.settings.cooldown_period
         ids = [item.id for item in items if item.ordinal in reask]

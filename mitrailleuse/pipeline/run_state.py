@@ -25,7 +25,7 @@ from redis.retry import Retry
 from mitrailleuse import keys
 from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import ALIVE_PREFIX
-from mitrailleuse.ratelimit import Claims
+from mitrailleuse.ratelimit import Claims, Lease
 from mitrailleuse.records import Mode
 from mitrailleuse.scripts import script
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, TaskState
@@ -64,7 +64,7 @@ def _outcome(record: dict[str, Any]) -> str:
 
 @cache
 def _store_script(client: redis.Redis) -> Script:
-    return script(client, "pipeline/store.lua")
+    return script(client, "ratelimit/lease.lua", "pipeline/store.lua")
 
 
 @dataclass(slots=True)
@@ -452,22 +452,27 @@ class RunState:
         chunk: int,
         records: Iterable[tuple[int, dict[str, Any]]],
         release: HeldClaims | None = None,
+        lease: Lease | None = None,
     ) -> int:
         """Store each item's record once; count only those stored first. Returns how many.
 
-        The records, their counts, the call's claims (``release``) and the progress event go in
-        one round trip (``store.lua``), the records before the claims: a copy of the message then
-        finds the records, never a free item.
+        The records, their counts, the call's rate ``lease``, its claims (``release``) and the
+        progress event go in one round trip (``store.lua``), the records before the claims: a
+        copy of the message then finds the records, never a free item.
         """
-        args: list[Any] = [keys.events(self.run_id)]
+        lease_keys, lease_args = lease.ending() if lease is not None else ([], ["", 0, 0])
+        args: list[Any] = [keys.events(self.run_id), *lease_args]
         for ordinal, record in records:
             args += [ordinal, orjson.dumps(record), _outcome(record), record.get("cost_usd") or 0.0]
         claim_keys = release.keys if release is not None else []
         stored = _store_script(self.redis)(
-            keys=[keys.chunk_records(self.run_id, chunk), self.key, *claim_keys], args=args
+            keys=[keys.chunk_records(self.run_id, chunk), self.key, *lease_keys, *claim_keys],
+            args=args,
         )
         if release is not None:
             release.settled = True
+        if lease is not None:
+            lease.ended = True
         return int(stored)
 
     def add_counts(self, counts: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The fleet-wide rate limiter: one budget per provider and model, in Redis, for every worker.
 
-The ``call`` task asks :meth:`RedisLimiter.acquire` before each provider call and gives the
-lease back with :meth:`RedisLimiter.release`, correcting the token estimate from the response's
-usage. A 429's ``Retry-After`` pauses the whole fleet's use of the provider (:meth:`pause`), and
-``x-ratelimit-*`` response headers lower the budget to what the provider says remains
-(:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
+The ``call`` task asks :meth:`RedisLimiter.acquire` before each provider call and ends its
+:class:`Lease` afterwards, correcting the token estimate from the response's usage: with the
+call's records, in their round trip (``pipeline/store.lua``), or by :meth:`RedisLimiter.leased`
+when the call ends otherwise. A 429's ``Retry-After`` pauses the whole fleet's use of the
+provider (:meth:`pause`), and ``x-ratelimit-*`` response headers lower the budget to what the
+provider says remains (:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
 
 A budget the task left unset follows the limit the provider announces
 (``x-ratelimit-limit-requests``, Anthropic's ``anthropic-ratelimit-requests-limit``, ...): the
@@ -181,7 +182,7 @@ class Claims:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A granted call: send it in ``delay_s``, then give it back (:meth:`RedisLimiter.release`).
+    """A granted call: send it in ``delay_s``, then end its lease (:class:`Lease`).
 
     ``delay_s`` is the wait until the slot the call booked; ``items`` holds the state of each
     item of the grant's claims (none without claims).
@@ -198,10 +199,29 @@ class AllInFlight(float):
 
 
 @dataclass(slots=True)
-class TokenUse:
-    """The tokens a granted call used, when its response says (the grant's estimate is fixed)."""
+class Lease:
+    """A granted call's in-flight lease, ended once, by whoever ends it first.
 
+    ``tokens``: what the call used, when its response says (the grant's estimate is fixed).
+    """
+
+    limiter: RedisLimiter
+    grant: Grant
     tokens: int | None = None
+    ended: bool = False
+
+    def ending(self) -> tuple[list[str], list[Any]]:
+        """The keys and args that end it (``end_lease`` in ``ratelimit/lease.lua``), as of now."""
+        scope = self.limiter.scope
+        delta = 0 if self.tokens is None else self.tokens - self.grant.tokens
+        return (
+            [
+                keys.limit(scope, "tokens"),
+                keys.limit(scope, "in-flight"),
+                keys.rate_counters(scope, _minute()),
+            ],
+            [self.grant.lease_id, self.limiter.limits.tokens_per_minute or 0, delta],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +255,7 @@ class RedisLimiter:
         self.configured = limits
         self.scope = f"{provider}:{model}"
         self._acquire = script(client, "pipeline/held.lua", "ratelimit/acquire.lua")
-        self._release = script(client, "ratelimit/release.lua")
+        self._release = script(client, "ratelimit/lease.lua", "ratelimit/release.lua")
         self._pause = script(client, "ratelimit/pause.lua")
         self._observe = script(client, "ratelimit/observe.lua")
         self._limits = limits
@@ -309,24 +329,22 @@ class RedisLimiter:
 
     def release(self, grant: Grant, actual_tokens: int | None = None) -> None:
         """End a call's lease; correct its tokens when the response said how many it used."""
-        delta = 0 if actual_tokens is None else actual_tokens - grant.tokens
-        self._release(
-            keys=[
-                keys.limit(self.scope, "tokens"),
-                keys.limit(self.scope, "in-flight"),
-                keys.rate_counters(self.scope, _minute()),
-            ],
-            args=[grant.lease_id, self.limits.tokens_per_minute or 0, delta],
-        )
+        self._end(Lease(self, grant, actual_tokens))
+
+    def _end(self, lease: Lease) -> None:
+        lease_keys, args = lease.ending()
+        self._release(keys=lease_keys, args=args)
+        lease.ended = True
 
     @contextmanager
-    def leased(self, grant: Grant) -> Iterator[TokenUse]:
-        """The call's lease, ended when the call is over; set the tokens it used, if known."""
-        use = TokenUse()
+    def leased(self, grant: Grant) -> Iterator[Lease]:
+        """The call's lease, ended when the call is over unless its records ended it."""
+        lease = Lease(self, grant)
         try:
-            yield use
+            yield lease
         finally:
-            self.release(grant, use.tokens)
+            if not lease.ended:
+                self._end(lease)
 
     def pause(self, seconds: float) -> None:
         """Stop the whole fleet's calls to this provider and model for ``seconds``."""

@@ -7,7 +7,7 @@ import redis
 
 from mitrailleuse import keys
 from mitrailleuse.api import Mitrailleuse
-from tests.e2e.helpers import questions, results, write_jsonl
+from tests.e2e.helpers import new_task, questions, results, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +168,30 @@ def test_exhausted_attempts_end_as_a_failed_record(tmp_path, tasks_dir, sim, sta
     bad = results(task)[0]
     assert bad["attempts"] == 3 and bad["error"]["status_code"] == 503
     assert sim.stats()["status_counts"]["503"] == 3
+
+
+def test_each_calls_lease_ends_with_its_records(tmp_path, tasks_dir, sim, start_worker):
+    """Two leases for 40 calls: each ends in its records' round trip, its tokens corrected."""
+    sim.configure(latency_ms=100)
+    start_worker(env=NO_OVERRIDES)
+    model = f"gpt-lease-{tmp_path.name}"  # a budget of its own: no other test's counters
+    limits = {"max_in_flight": 2, "requests_per_minute": 60_000, "tokens_per_minute": 10**7}
+    config = {
+        "openai": {
+            "batch": {"batch_size": 10},
+            "api_information": {"model": model},
+            "rate_limit": limits,
+        }
+    }
+    m, task = new_task(tmp_path, questions(40), config)
+    progress = m.submit(task).wait(timeout=60)
+
+    assert progress.state == "completed" and progress.succeeded == 40
+    assert sim.stats()["max_in_flight"] == 2
+    client = redis.Redis.from_url(m.redis_url)
+    scope = f"openai:{model}"
+    assert client.zcard(keys.limit(scope, "in-flight")) == 0
+    counted = 0  # the estimates booked at the grants, plus each lease's correction
+    for key in client.scan_iter(match=keys.rate_counters(scope, 0).rsplit(":", 1)[0] + ":*"):
+        counted += sum(int(v) for f, v in client.hgetall(key).items() if f.startswith(b"t"))
+    assert counted == sum(r["usage"]["total_tokens"] for r in results(task))

@@ -64,13 +64,21 @@ def test_a_reservation_is_given_back_on_every_path_and_only_if_made(answer, give
 
 
 @pytest.mark.parametrize("fails", [False, True])
-def test_a_lease_ends_with_the_tokens_the_call_used(fails):
-    limiter = RedisLimiter(UNCONNECTED, "openai", "m", Limits(60, None, 4))
+def test_a_lease_ends_with_the_tokens_the_call_used(fails, monkeypatch):
+    monkeypatch.setattr(RedisLimiter, "limits", property(lambda limiter: limiter.configured))
+    limiter = RedisLimiter(UNCONNECTED, "openai", "m", Limits(60, 1000, 4))
     released = []
-    limiter.release = lambda grant, tokens=None: released.append((grant.lease_id, tokens))
+    limiter._release = lambda keys, args: released.append(args)
     expected = pytest.raises(Boom) if fails else nullcontext()
-    with expected, limiter.leased(Grant("lease", 100)) as used:
+    with expected, limiter.leased(Grant("lease", 100)) as lease:
         if fails:
             raise Boom
-        used.tokens = 42
-    assert released == [("lease", None if fails else 42)]
+        lease.tokens = 42
+    assert released == [["lease", 1000, 0 if fails else -58]]
+
+
+def test_a_lease_ended_with_its_records_is_not_ended_again():
+    limiter = RedisLimiter(UNCONNECTED, "openai", "m", Limits(60, None, 4))
+    limiter._release = lambda keys, args: pytest.fail("ended twice")
+    with limiter.leased(Grant("lease", 100)) as lease:
+        lease.ended = True  # as RunState.store_records does
