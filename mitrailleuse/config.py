@@ -276,8 +276,9 @@ class General(Section):
     similarity_check: SimilarityCheck = Field(default_factory=SimilarityCheck)
     max_items_in_flight: int = Field(default=2000, ge=1)
     #: Provider calls per Celery message, sent at once by the worker slot that runs it:
-    #: Celery's cost per message is shared by them.
-    calls_per_message: int = Field(default=8, ge=1, le=100)
+    #: Celery's cost per message is shared by them. The default holds a whole chunk at the
+    #: default ``batch_size`` (20): one message per chunk.
+    calls_per_message: int = Field(default=32, ge=1, le=100)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     #: Stop dispatching before the run's spend (with calls in flight at their worst case)
     #: would pass this many US dollars; ``execute`` again with a higher limit goes on.

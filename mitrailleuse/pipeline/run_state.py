@@ -435,6 +435,7 @@ class RunState:
                 (item, *(request_keys[n][:1] if request_keys else ()))
                 for n, item in enumerate(item_keys)
             ],
+            holder=holder,
         )
 
     @contextmanager

@@ -5,7 +5,8 @@
 --       with claims: 6 the run hash, 7 the chunk's records (hash), 8 the chunks-done bitmap,
 --       then each item's claim, then (with the response cache) each item's cache claim and
 --       cache entry
--- ARGV: 1 requests/min, 2 tokens/min (0 = none), 3 tokens, 4 max in flight, 5 lease id,
+-- ARGV: 1 requests/min, 2 tokens/min (0 = none), 3 tokens, 4 max in flight, 5 lease id (with
+--       claims, their holder: the lease of a dead holder is freed like its claims),
 --       6 lease ttl ms (also the claims'), 7 horizon ms (how far ahead a call may book its
 --       slot); with claims: 8 chunk number, 9 holder ("<owner> <token>"),
 --       10 alive-key prefix, then each item's ordinal
@@ -23,6 +24,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_in_flight, lease_ttl, horizon = tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local claims = #KEYS > 5
+local SWEEP_MS = 1000
 
 if claims and redis.call('HGET', KEYS[6], 'cancelled') == '1' then
   return {3, 0}
@@ -34,6 +36,24 @@ if paused_until > now then
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if claims and redis.call('ZCARD', KEYS[3]) >= max_in_flight
+    and redis.call('SET', KEYS[3] .. ':swept', 1, 'NX', 'PX', SWEEP_MS) then
+  -- a killed worker's calls would hold their slots until their leases expire (the call's
+  -- timeout and a margin: minutes, the whole fleet stalled at the cap); a lease is its call's
+  -- holder, and one whose owner is dead frees its slot now (once a second at most)
+  local alive = {}
+  for _, lease in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local owner = string.match(lease, '^(%S+) ')
+    if owner then
+      if alive[owner] == nil then
+        alive[owner] = redis.call('EXISTS', ARGV[10] .. owner) == 1
+      end
+      if not alive[owner] then
+        redis.call('ZREM', KEYS[3], lease)
+      end
+    end
+  end
+end
 if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
   -- every call slot is taken: a fleet of waiting threads, each looking again every 25 ms,
   -- spent a whole core asking; a fifth of the horizon keeps the slots busy for a tenth of it

@@ -16,7 +16,9 @@ Requests and tokens per minute are GCRA budgets (a theoretical arrival time per 
 space calls evenly, with no burst: a provider's sliding 60-second window never sees more than
 the limit (a burst allowance, measured, cost a few 429s at each window's edge). A call books
 its slot up to a moment ahead and sleeps until then, so the fleet keeps the full rate.
-In-flight calls are leases in a sorted set that expire on their own if a worker dies mid-call.
+In-flight calls are leases in a sorted set: a lease is its call's holder (as its claims are),
+and one whose holder died mid-call frees its slot as soon as the holder's heartbeat stops,
+else at its expiry.
 
 A grant can carry :class:`Claims`: the items of the call are claimed in the same round trip
 (``acquire.lua``), so that no other copy of the message, and no identical request, is sent while
@@ -163,12 +165,14 @@ class Claims:
     """The items a call is for, claimed with its grant.
 
     ``keys`` and ``args`` are what ``acquire.lua`` reads after its own; ``held`` lists, per
-    item, the keys its claim holds (freed after the call).
+    item, the keys its claim holds (freed after the call); ``holder`` holds them, and the
+    call's rate lease.
     """
 
     keys: list[str]
     args: list[Any]
     held: list[tuple[str, ...]]
+    holder: str
 
     def held_keys(self, states: Sequence[ItemState]) -> list[str]:
         """The keys held for the items claimed."""
@@ -296,7 +300,7 @@ class RedisLimiter:
         ``timeout_s`` plus :data:`LEASE_MARGIN_S`, or until their holder's process dies.
         """
         limits = self.limits
-        lease_id = uuid.uuid4().hex
+        lease_id = claims.holder if claims else uuid.uuid4().hex
         reply = self._acquire(
             keys=[
                 keys.limit(self.scope, "requests"),

@@ -9,6 +9,14 @@ import orjson
 
 from mitrailleuse.records import read_records
 
+#: What the tests' fleet environment sets to keep the simulator unlimited, cleared: workers take
+#: the task's ``rate_limit`` block (or its defaults), as they do for a user.
+NO_OVERRIDES = {
+    f"MITRAILLEUSE_{provider}_{limit}": ""
+    for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
+    for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
+}
+
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
@@ -56,3 +64,10 @@ def sent_twice(sim: Any) -> dict[str, list[float]]:
         for text in entry["texts"]:
             times.setdefault(text, []).append(entry["t"])
     return {text: sorted(ts) for text, ts in times.items() if len(ts) > 1}
+
+
+def calls_per_slot(batch_size: int | None = None) -> int:
+    """The calls one worker slot may have out at once: its message's, at most a chunk's."""
+    from mitrailleuse.config import BatchConfig, General
+
+    return min(General().calls_per_message, batch_size or BatchConfig().batch_size)

@@ -18,24 +18,25 @@ import pytest
 import redis
 
 from mitrailleuse.batch.state import all_states
-from mitrailleuse.config import General, load_config
+from mitrailleuse.config import load_config
 from mitrailleuse.simulator import chat_answer
 from mitrailleuse.taskfolder import write_json
-from tests.e2e.helpers import new_task, questions, results, sent_twice, wait_done
+from tests.e2e.helpers import (
+    NO_OVERRIDES,
+    calls_per_slot,
+    new_task,
+    questions,
+    results,
+    sent_twice,
+    wait_done,
+)
 
 pytestmark = pytest.mark.e2e
 
-#: What the tests' fleet environment sets to keep the simulator unlimited, cleared: the task's
-#: ``rate_limit`` block (or its defaults) rules, as it does for a user.
-TASK_LIMITS = {
-    f"MITRAILLEUSE_OPENAI_{limit}": ""
-    for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
-}
 #: The stall of a run that leaves claims behind is the claim's expiry (``timeout_s`` + 30 s,
 #: 150 s at the defaults): a run that needs this long is stuck.
 STALL_S = 120
 THREADS = 32
-CALLS_PER_MESSAGE = General().calls_per_message
 #: How long before the kill a call still on the wire may have been sent (50 ms of latency, on a
 #: busy machine).
 ON_THE_WIRE_S = 2.0
@@ -60,7 +61,7 @@ def test_a_cached_run_under_a_tight_rate_limit_finishes(
     tmp_path, tasks_dir, sim, start_worker, redis_server
 ):
     """200 items at temperature 0 under 600 rpm, everything else at its default: 10 calls/s."""
-    start_worker(concurrency=64, env=TASK_LIMITS)
+    start_worker(concurrency=64, env=NO_OVERRIDES)
     m, task = new_task(tmp_path, questions(200, prefix=uuid.uuid4().hex), CACHED_AT_600_RPM)
     started = time.monotonic()
     progress = m.submit(task).wait(timeout=STALL_S)
@@ -74,7 +75,7 @@ def test_claims_of_a_cancelled_cached_run_do_not_stall_the_next_run(
     tmp_path, tasks_dir, sim, start_worker, redis_server
 ):
     """A run stopped while the limiter holds its calls back leaves nothing held behind."""
-    start_worker(concurrency=64, env=TASK_LIMITS)
+    start_worker(concurrency=64, env=NO_OVERRIDES)
     rows = questions(60, prefix=uuid.uuid4().hex)
     m, first = new_task(tmp_path, rows, CACHED_AT_600_RPM, name="first")
     run = m.submit(first)
@@ -144,7 +145,7 @@ def case_config(case: Case, rows: list[dict[str, str]]) -> dict:
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_features_together(case, tmp_path, tasks_dir, sim, start_worker, redis_server):
     sim.configure(latency_ms=50)
-    env = TASK_LIMITS if case.tight else {}
+    env = NO_OVERRIDES if case.tight else {}
     doomed = start_worker(concurrency=THREADS, env=env)
     start_worker(concurrency=THREADS, env=env)
     rows, distinct = case_rows(case)
@@ -177,7 +178,7 @@ def test_features_together(case, tmp_path, tasks_dir, sim, start_worker, redis_s
     assert len(sent) == distinct, "a request was never sent, or a cached one was"
     twice = sent_twice(sim)
     # what the killed worker had on the wire: each of its slots sends a message's calls at once
-    bound = THREADS * CALLS_PER_MESSAGE if case.kill else 0
+    bound = THREADS * calls_per_slot() if case.kill else 0
     assert len(twice) <= bound, f"{len(twice)} requests sent twice (bound {bound})"
     if twice:  # only calls out when the worker died: sent in the moment before the kill
         assert all(killed_at - ON_THE_WIRE_S <= t[0] <= killed_at for t in twice.values()), twice

@@ -11,11 +11,18 @@ import time
 
 import pytest
 
-from mitrailleuse.config import General
 from mitrailleuse.inputs import iter_items
 from mitrailleuse.pipeline.chunks import build_chunk
 from mitrailleuse.pipeline.tasks import call, run_state
-from tests.e2e.helpers import new_task, questions, results, sent_twice, wait_done
+from tests.e2e.helpers import (
+    NO_OVERRIDES,
+    calls_per_slot,
+    new_task,
+    questions,
+    results,
+    sent_twice,
+    wait_done,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +54,7 @@ def test_a_killed_worker_items_are_finished_by_the_other_one(
     assert progress.state == "completed" and progress.succeeded == 600, progress
     assert [r["index"] for r in results(task)] == list(range(1, 601)), "missing or doubled"
     twice = sent_twice(sim)
-    bound = 8 * General().calls_per_message
+    bound = 8 * calls_per_slot(20)
     assert len(twice) <= bound, f"{len(twice)} items sent twice; the dead worker had {bound} out"
     assert all(times[0] <= killed_at for times in twice.values()), twice
     print(f"completed {recovered_s:.1f}s after the kill ({done_at_kill}/600 done then)")
@@ -72,6 +79,47 @@ def test_worker_killed_mid_run_then_restarted(tmp_path, tasks_dir, sim, start_wo
     calls = sim.stats()["chat_requests"]
     # items recorded before the kill were not sent again; only those on the wire may be
     assert calls - 400 <= sent_at_kill - done_at_kill, (calls, sent_at_kill, done_at_kill)
+
+
+def test_a_killed_workers_calls_free_their_in_flight_slots(
+    tmp_path, tasks_dir, sim, start_worker, redis_server
+):
+    """A worker SIGKILLed with every in-flight slot (64, the default cap) taken by its calls.
+
+    Its leases would hold the slots until they expire (the call timeout and a margin, 150 s
+    at the defaults): the fleet would stall. They are freed once its heartbeat stops.
+    """
+    import redis
+
+    from mitrailleuse import keys
+    from mitrailleuse.config import RateLimit
+
+    cap = RateLimit().max_in_flight
+    sim.configure(latency_ms=3000)  # the calls are on the wire when the worker dies
+    model = f"gpt-killed-{tmp_path.name}"  # a budget of its own
+    config = {
+        "openai": {
+            "api_information": {"model": model},
+            # the cap binds, not the token budget (its default, 200,000 a minute, spaces these
+            # calls 80 ms apart until their usage refunds the estimates: ~60 out at 3 s)
+            "rate_limit": {"requests_per_minute": 60_000, "tokens_per_minute": 0},
+        }
+    }
+    doomed = start_worker(concurrency=8, env=NO_OVERRIDES)
+    m, task = new_task(tmp_path, questions(200), config)
+    run = m.submit(task)
+    deadline = time.monotonic() + 30
+    while sim.stats()["in_flight"] < cap:
+        assert time.monotonic() < deadline, "the doomed worker never filled the in-flight cap"
+        time.sleep(0.05)
+    doomed.stop(signal.SIGKILL)
+    in_flight = keys.limit(f"openai:{model}", "in-flight")
+    assert redis.Redis.from_url(redis_server.url).zcard(in_flight) == cap
+
+    start_worker(concurrency=8, env=NO_OVERRIDES)
+    progress = run.wait(timeout=RECOVERY_BOUND_S)  # below the leases' own expiry
+    assert progress.state == "completed" and progress.succeeded == 200, progress
+    assert [r["index"] for r in results(task)] == list(range(1, 201))
 
 
 def test_a_message_delivered_after_its_chunk_is_written_calls_nothing(

@@ -7,7 +7,7 @@ import redis
 
 from mitrailleuse import keys
 from mitrailleuse.api import Mitrailleuse
-from tests.e2e.helpers import new_task, questions, results, write_jsonl
+from tests.e2e.helpers import NO_OVERRIDES, new_task, questions, results, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -19,14 +19,6 @@ def forget_announced_limits(redis_server):
     client = redis.Redis.from_url(redis_server.url)
     for key in client.scan_iter(keys.limit("*", "announced")):
         client.delete(key)
-
-
-#: Workers take the task's rate_limit block: no test-wide override.
-NO_OVERRIDES = {
-    f"MITRAILLEUSE_{provider}_{limit}": ""
-    for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
-    for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
-}
 
 
 def max_in_window(times: list[float], window_s: float) -> int:
