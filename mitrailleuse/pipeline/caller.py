@@ -15,6 +15,7 @@ grant frees the claims, and a dead worker's claims are free once its heartbeat s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -216,89 +217,94 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     owner = liveness.heartbeat(run.redis).owner
     outcome = CallOutcome(stored=hits)
     groups = deque(group_calls(type(provider), pending))
-    _call_window(run, chunk, context, groups, hashes, owner, outcome)
+    _Window(run, chunk, context, groups, hashes, owner, outcome).send_all()
     return outcome
 
 
-def _call_window(
-    run: RunState,
-    chunk: int,
-    context: RunContext,
-    groups: deque[list[dict[str, Any]]],
-    hashes: dict[int, str],
-    owner: str,
-    outcome: CallOutcome,
-) -> None:
-    """Keep as many of the message's calls out as the budgets grant, until all have gone.
+@dataclass(slots=True)
+class _Window:
+    """A message's calls: as many out as the budgets grant, until all have gone.
 
     An answer frees its call's in-flight lease and rate slot, and the next call takes them: a
     message never waits for its slowest call before sending more (calls sent in waves left
-    leases idle, and a wave granted one free lease went out as one call). Answers are taken in
-    the order their calls went, so an answer that lands before an earlier call's keeps its lease
-    until that one is back. A call a budget holds back stays first in ``groups`` and asks again
-    when the message's first call out is back, or when the budget said; when none is out, it
-    waits in place ``MOMENT_S`` at most, then the message comes back later with its outcome.
+    leases idle, and a wave granted one free lease went out as one call). Answers are taken as
+    they land; with the similarity check on, in the order their calls went (of two near-copies,
+    the later item is always the one flagged), so that an answer landing before an earlier
+    call's keeps its lease until that one is back. A call a budget holds back stays first in
+    ``groups`` and asks again when an answer is taken, or when the budget said; when none is
+    out, it waits in place ``MOMENT_S`` at most, then the message comes back later with its
+    outcome.
     """
-    out: dict[Future[Sent | BaseException], Step] = {}
-    try:
-        while groups or out:
-            wait_s = _grant_while_budgets_allow(
-                run, chunk, context, groups, hashes, owner, out, outcome
-            )
-            if isinstance(wait_s, CallOutcome):
-                outcome.add(wait_s)  # held back with none out: the message comes back later
-                return
-            if not out:
-                return  # the last calls ended unsent (answered meanwhile, or held elsewhere)
-            # answers are stored in the order their calls went (input order), whatever order
-            # they land in: of two similar answers, the later item is always the one flagged
-            futures.wait([next(iter(out))], timeout=wait_s)
-            while out and (first := next(iter(out))).done():
-                outcome.add(_finish(out.pop(first), first.result()))
-    finally:
-        if out:  # an error on the way: let the calls out land, then free what they hold
-            futures.wait(out)
-            for step in out.values():
-                step.close()
 
+    run: RunState
+    chunk: int
+    context: RunContext
+    groups: deque[list[dict[str, Any]]]
+    hashes: dict[int, str]
+    owner: str
+    outcome: CallOutcome
+    out: dict[Future[Sent | BaseException], Step] = field(default_factory=dict)
 
-def _grant_while_budgets_allow(
-    run: RunState,
-    chunk: int,
-    context: RunContext,
-    groups: deque[list[dict[str, Any]]],
-    hashes: dict[int, str],
-    owner: str,
-    out: dict[Future[Sent | BaseException], Step],
-    outcome: CallOutcome,
-) -> float | CallOutcome | None:
-    """Send the calls the budgets grant now; how long to wait for an answer before asking again.
-
-    ``None`` (wait for an answer) when every call has gone, or every in-flight slot is taken
-    (an answer frees one, and polling for the others' cost a core); the budget's wait when it
-    holds a call back; the held-back call's outcome when none is out.
-    Calls that end without being sent (cached meanwhile, held elsewhere) fold into ``outcome``.
-    """
-    while groups:
-        # a holding per call: calls of one message, out at once, must not take one another's
-        # claims for their own (two items with one request would both go); a call waits for
-        # its grant in place only when none is out: an answer frees a lease sooner
-        patience_s = 0.0 if out else MOMENT_S
-        step = _call(run, chunk, context, groups[0], hashes, liveness.holder(owner), patience_s)
+    def send_all(self) -> None:
+        """Send the calls, store what comes back; fold it all into ``outcome``."""
+        out = self.out
         try:
-            send = next(step)
-        except StopIteration as ended:
-            if ended.value.limited:
+            while self.groups or out:
+                wait_s = self._grant()
+                if isinstance(wait_s, CallOutcome):
+                    self.outcome.add(wait_s)  # held back with none out: the message comes back
+                    return
                 if not out:
-                    return ended.value
-                wait_s = ended.value.retry_in_s  # every in-flight slot taken: ours free one
-                return None if isinstance(wait_s, AllInFlight) else wait_s
+                    return  # the last calls ended unsent (answered meanwhile, or held elsewhere)
+                for landed in self._landed(wait_s):
+                    self.outcome.add(_finish(out.pop(landed), landed.result()))
+        finally:
+            if out:  # an error on the way: let the calls out land, then free what they hold
+                futures.wait(out)
+                for step in out.values():
+                    step.close()
+
+    def _landed(self, wait_s: float | None) -> list[Future[Sent | BaseException]]:
+        """The answers to take now, waiting ``wait_s`` at most for one."""
+        out = self.out
+        if not self.context.config.general.similarity_check.enabled:
+            return list(futures.wait(out, wait_s, futures.FIRST_COMPLETED).done)
+        futures.wait([next(iter(out))], timeout=wait_s)
+        return list(itertools.takewhile(Future.done, out))
+
+    def _grant(self) -> float | CallOutcome | None:
+        """Send the calls the budgets grant now; how long to wait for an answer before asking again.
+
+        ``None`` (wait for an answer) when every call has gone, or every in-flight slot is taken
+        (an answer frees one, and polling for the others' cost a core); the budget's wait when it
+        holds a call back; the held-back call's outcome when none is out.
+        Calls that end without being sent (cached meanwhile, held elsewhere) fold into
+        ``outcome``.
+        """
+        groups, out = self.groups, self.out
+        while groups:
+            # a holding per call: calls of one message, out at once, must not take one another's
+            # claims for their own (two items with one request would both go); a call waits for
+            # its grant in place only when none is out: an answer frees a lease sooner
+            holder = liveness.holder(self.owner)
+            patience_s = 0.0 if out else MOMENT_S
+            step = _call(
+                self.run, self.chunk, self.context, groups[0], self.hashes, holder, patience_s
+            )
+            try:
+                send = next(step)
+            except StopIteration as ended:
+                if ended.value.limited:
+                    if not out:
+                        return ended.value
+                    wait_s = ended.value.retry_in_s  # every in-flight slot taken: ours free one
+                    return None if isinstance(wait_s, AllInFlight) else wait_s
+                groups.popleft()
+                self.outcome.add(ended.value)
+                continue
             groups.popleft()
-            outcome.add(ended.value)
-            continue
-        groups.popleft()
-        out[_dispatch(context.provider, send)] = step
-    return None
+            out[_dispatch(self.context.provider, send)] = step
+        return None
 
 
 def _dispatch(provider: Provider, send: Send) -> Future[Sent | BaseException]:

@@ -8,7 +8,7 @@ import pytest
 
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.simulator import chat_answer
-from tests.e2e.helpers import new_task, questions, results, wait_done, write_jsonl
+from tests.e2e.helpers import NO_OVERRIDES, new_task, questions, results, wait_done, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +57,29 @@ def test_the_calls_of_a_message_go_out_at_once(tmp_path, tasks_dir, sim, start_w
     assert progress.state == "completed" and progress.succeeded == 8
     assert sim.stats()["max_in_flight"] == 8
     assert [r["latency_ms"] >= 500 for r in results(task)] == [True] * 8
+
+
+def test_a_slow_call_holds_only_its_own_in_flight_slot(tmp_path, tasks_dir, sim, start_worker):
+    """One message of 8 calls through 2 in-flight slots; the first call hangs for 5 s.
+
+    Answers are taken as they land: the other 7 calls go through the second slot meanwhile,
+    none waits for the slow one to come back.
+    """
+    hang_s = 5
+    sim.configure(latency_ms=50, hang_s=hang_s)
+    start_worker(concurrency=1, env=NO_OVERRIDES)
+    rows = questions(8)
+    rows[0]["input_text"] += " [[hang]]"
+    limits = {"max_in_flight": 2, "requests_per_minute": 60_000, "tokens_per_minute": 0}
+    config = {"openai": {"batch": {"batch_size": 8}, "rate_limit": limits}}
+    m, task = new_task(tmp_path, rows, config)
+    progress = m.submit(task).wait(timeout=60)
+
+    assert progress.state == "completed" and progress.succeeded == 8
+    sent = {entry["texts"][0]: entry["t"] for entry in sim.log()}
+    slow_sent = sent.pop(rows[0]["input_text"])
+    assert len(sent) == 7
+    assert max(sent.values()) < slow_sent + hang_s, "a call waited for the slow one's answer"
 
 
 def test_two_workers_share_the_queue(tmp_path, tasks_dir, sim, start_worker):
