@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,15 @@ import redis
 
 from mitrailleuse.broker import EmbeddedRedis
 from mitrailleuse.records import read_records
-from tests.e2e.helpers import new_task, questions, results, sent_twice, wait_done, write_jsonl
+from tests.e2e.helpers import (
+    calls_per_slot,
+    new_task,
+    questions,
+    results,
+    sent_twice,
+    wait_done,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -87,8 +96,9 @@ def test_a_message_lost_as_redis_died_handing_it_over_is_sent_again(
     start_worker(queues=["mitrailleuse"])
     m, task = new_task(tmp_path, questions(40), {"openai": {"batch": {"batch_size": 20}}})
     run = m.submit(task)
+    messages = 2 * math.ceil(20 / calls_per_slot(20))  # of the two chunks
     deadline = time.monotonic() + 30
-    while client.llen("openai") < 6:  # both chunks wait: nobody serves the openai queue yet
+    while client.llen("openai") < messages:  # they wait: nobody serves the openai queue yet
         assert time.monotonic() < deadline, "the chunks were not sent"
         time.sleep(0.02)
     assert client.rpop("openai") is not None  # what BRPOP takes, and nobody ever receives
