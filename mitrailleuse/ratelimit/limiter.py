@@ -331,15 +331,6 @@ class RedisLimiter:
             return AllInFlight(wait_ms / 1000)
         return Held(cancelled=outcome == 3, items=items)
 
-    def release(self, grant: Grant, actual_tokens: int | None = None) -> None:
-        """End a call's lease; correct its tokens when the response said how many it used."""
-        self._end(Lease(self, grant, actual_tokens))
-
-    def _end(self, lease: Lease) -> None:
-        lease_keys, args = lease.ending()
-        self._release(keys=lease_keys, args=args)
-        lease.ended = True
-
     @contextmanager
     def leased(self, grant: Grant) -> Iterator[Lease]:
         """The call's lease, ended when the call is over unless its records ended it."""
@@ -348,7 +339,9 @@ class RedisLimiter:
             yield lease
         finally:
             if not lease.ended:
-                self._end(lease)
+                lease_keys, args = lease.ending()
+                self._release(keys=lease_keys, args=args)
+                lease.ended = True
 
     def pause(self, seconds: float) -> None:
         """Stop the whole fleet's calls to this provider and model for ``seconds``."""

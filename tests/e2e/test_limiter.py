@@ -51,7 +51,8 @@ def test_in_flight_cap_and_release(limiter_for):
     limiter = limiter_for(rpm=60000, in_flight=2)
     first, second, third = take(limiter), take(limiter), limiter.acquire(0, 10)
     assert isinstance(first, Grant) and isinstance(second, Grant) and not isinstance(third, Grant)
-    limiter.release(first)
+    with limiter.leased(first):
+        pass  # the call is over
     assert isinstance(take(limiter), Grant)
 
 
@@ -61,7 +62,8 @@ def test_tokens_budget_and_correction(limiter_for):
     assert isinstance(big, Grant)
     wait = take(limiter, 100)
     assert not isinstance(wait, Grant) and 0.9 < wait <= 1.0
-    limiter.release(big, actual_tokens=10)  # the response used far fewer: 90 refunded
+    with limiter.leased(big) as lease:
+        lease.tokens = 10  # the response used far fewer: 90 refunded
     after = take(limiter, 5)
     assert isinstance(after, Grant) or after <= 0.1
 
