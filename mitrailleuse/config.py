@@ -31,7 +31,8 @@ from mitrailleuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: A name in the provider registry (``openai``, ``deepseek``, ``deepl``, or a plug-in's).
+#: A name in the provider registry (``openai``, ``deepseek``, ``deepl``, ``anthropic``,
+#: ``gemini``, or a plug-in's).
 ProviderName = str
 
 
@@ -42,7 +43,7 @@ class Section(BaseModel):
 
 
 class BatchConfig(Section):
-    """The seed's ``batch`` block; ``is_batch_active`` selects OpenAI's native Batch API."""
+    """The seed's ``batch`` block; ``is_batch_active`` asks for the provider's native batches."""
 
     is_batch_active: bool = False
     batch_check_time: float = Field(default=120, ge=0)
@@ -126,15 +127,28 @@ class RetryPolicy(Section):
     max_backoff_s: float = Field(default=60.0, ge=0)
 
 
+#: How a provider's items are sent: one call each, in the provider's native batches (half
+#: price, within 24 h), or (``auto``) natively where the provider has batches, else live.
+RunMode = Literal["live", "batch", "auto"]
+
+
 class ProviderSection(Section):
     """What the pipeline reads of every provider's section; a provider's model extends it."""
 
     api_key: str = ""
+    #: Unset: ``batch`` when ``batch.is_batch_active`` (the seed's switch), else ``live``.
+    mode: RunMode | None = None
     batch: BatchConfig = Field(default_factory=BatchConfig)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     base_url: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+
+    def run_mode(self) -> RunMode:
+        """The mode asked for: ``mode``, else the seed's ``batch.is_batch_active``."""
+        if self.mode is not None:
+            return self.mode
+        return "batch" if self.batch.is_batch_active else "live"
 
 
 class ChatProviderConfig(ProviderSection):
@@ -152,6 +166,24 @@ class ChatProviderConfig(ProviderSection):
         if not value.strip():
             raise ValueError("must name the input field that holds the prompt")
         return value
+
+
+class AnthropicConfig(ChatProviderConfig):
+    """Anthropic's Messages API: ``max_tokens`` is required there, so it has a default here."""
+
+    api_information: ApiInformation = Field(
+        default_factory=lambda: ApiInformation(
+            model="claude-haiku-4-5", setting=ChatSettings(max_tokens=1024)
+        )
+    )
+
+
+class GeminiConfig(ChatProviderConfig):
+    """Gemini's ``generateContent``; ``setting`` takes OpenAI's names or Gemini's own."""
+
+    api_information: ApiInformation = Field(
+        default_factory=lambda: ApiInformation(model="gemini-2.5-flash")
+    )
 
 
 class DeepLConfig(ProviderSection):
@@ -302,6 +334,8 @@ class TaskConfig(Section):
         )
     )
     deepl: DeepLConfig = Field(default_factory=DeepLConfig)
+    anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    gemini: GeminiConfig = Field(default_factory=GeminiConfig)
     general: General = Field(default_factory=General)
 
     def provider(self, name: ProviderName) -> ProviderSection:
@@ -437,10 +471,19 @@ def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
 
 
 def _closest_field(model: type[BaseModel], key: str) -> str | None:
-    """The field closest to ``key`` in the same section, else in a nested one (a dotted path)."""
+    """The field ``key`` was likely meant to be (a dotted path when nested).
+
+    A nested field of exactly that name first (``openai.model`` is
+    ``openai.api_information.model``, not ``openai.mode``), else the closest in the same
+    section, else the closest nested one.
+    """
     from rapidfuzz import fuzz, process  # imported only for a config with a typo
 
-    for paths in (list(model.model_fields), _nested_fields(model)):
+    nested = _nested_fields(model)
+    exact = [path for path in nested if path.rpartition(".")[2].lower() == key.lower()]
+    if exact:
+        return min(exact, key=len)
+    for paths in (list(model.model_fields), nested):
         names = {path: path.rpartition(".")[2] for path in paths}
         match = process.extractOne(
             key, names, scorer=fuzz.ratio, processor=str.lower, score_cutoff=_CLOSE_ENOUGH

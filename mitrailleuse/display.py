@@ -99,7 +99,10 @@ def follow(run: Run, style: ProgressStyle = ProgressStyle.AUTO, poll_s: float = 
     if style is ProgressStyle.AUTO:
         style = ProgressStyle.BAR if console.is_terminal else ProgressStyle.PLAIN
     started = time.monotonic()
-    batch_mode = run.status().mode == "batch"
+    status = run.status()
+    batch_mode = status.mode == "batch"
+    if style is not ProgressStyle.NONE and status.mode_reason:
+        print(f"{status.mode} mode: {status.mode_reason}", file=sys.stderr, flush=True)
 
     def look() -> Snapshot:
         current = run.progress()

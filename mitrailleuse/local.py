@@ -21,6 +21,7 @@ from mitrailleuse.config import Environment, ProviderName, TaskConfig
 from mitrailleuse.credentials import key_variables_set, missing_key, scrub_config
 from mitrailleuse.display import ProgressStyle, follow
 from mitrailleuse.errors import ConfigError
+from mitrailleuse.modes import resolve_mode
 from mitrailleuse.pipeline.fleet import (
     queues_served,
     start_beat,
@@ -137,7 +138,7 @@ def run_locally(
         _check_key(api, config, literal_keys)
         client = Mitrailleuse()
         folder = client.create_task(user_id, api, task_name, config, inputs)
-        batch = config.provider(api).batch.is_batch_active
+        batch = resolve_mode(api, config.provider(api))[0] == "batch"
         log = folder.logs_dir / WORKER_LOG
         with local_worker(api, concurrency, literal_keys, log, beat=batch) as child_log:
             try:

@@ -64,6 +64,8 @@ class Status(BaseModel):
     run_id: str | None = None
     provider: ProviderName
     mode: Literal["realtime", "batch"] = "realtime"
+    #: Why the run goes in that mode (the ``mode`` asked for, what the provider offers).
+    mode_reason: str | None = None
     counts: Counts = Field(default_factory=Counts)
     created_at: datetime
     updated_at: datetime

@@ -24,7 +24,7 @@ from mitrailleuse.batch import state as batches
 from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.run_state import RunState
-from mitrailleuse.providers import NativeBatch, NativeBatchAPI
+from mitrailleuse.providers import BatchFile, NativeBatch, NativeBatchAPI
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class BatchWriter:
         batch file half written feeds its chunks again, into a new batch, instead of losing
         them.
         """
-        lines = [self.api.request_line(item["id"], item["request"]) for item in items]
+        api = self.api
+        lines = [
+            api.request_line(api.custom_id(item["id"], item["ordinal"]), item["request"])
+            for item in items
+        ]
         size = sum(len(line) for line in lines)
         closed = None
         too_big = (
@@ -170,28 +174,35 @@ def _upload_and_create(
     if state.step in ("written", "uploading"):
         state.step = "uploading"
         batches.save(folder, state)
-        with batches.input_path(folder, number).open("rb") as handle:
-            state.file_id = api.upload(f"{state.name}.jsonl", handle)
+        state.file_id = api.upload(state.request_file(folder))
         state.step = "uploaded"
         batches.save(folder, state)
     if state.step in ("uploaded", "creating"):
-        found = _created_before(api, state.file_id) if state.step == "creating" else None
+        request_file = state.request_file(folder)
+        found = None
+        if state.step == "creating":
+            found = _created_before(folder, api, request_file, state.creating_since or 0.0)
         state.step = "creating"
+        state.creating_since = state.creating_since or time.time()
         batches.save(folder, state)
-        metadata = {"mitrailleuse_run": state.run_id, "mitrailleuse_batch": str(number)}
-        created = found or api.create(state.file_id or "", completion_window, metadata)
-        state.batch_id, state.raw_status = created.batch_id, created.raw_status
+        created = found or api.create(request_file, completion_window)
+        state.batch_id, state.status = created.batch_id, created.status
+        state.raw_status = created.raw_status
         state.step = "created"
         state.next_check_at = time.time() + check_s
         batches.save(folder, state)
 
 
-def _created_before(api: NativeBatchAPI, file_id: str | None) -> NativeBatch | None:
-    """The provider's batch for ``file_id``, if a crash hid its creation from us."""
-    found = api.created_for(file_id) if file_id else None
-    if found is not None:
-        log.info("batch %s for file %s was created before a restart", found.batch_id, file_id)
-    return found
+def _created_before(
+    folder: TaskFolder, api: NativeBatchAPI, batch: BatchFile, since: float
+) -> NativeBatch | None:
+    """The provider's batch for ``batch``, if a crash hid its creation from us."""
+    recorded = {state.batch_id for state in batches.all_states(folder) if state.batch_id}
+    for found in api.created_for(batch, since):
+        if found.batch_id not in recorded:
+            log.info("%s was created (%s) before a restart", batch.display_name, found.batch_id)
+            return found
+    return None
 
 
 def downloaded(api: NativeBatchAPI, file_id: str | None, path: Path) -> Path | None:

@@ -78,11 +78,12 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
             )
         return 1
     batch = api.retrieve(state.batch_id or "")
-    state.raw_status, state.request_counts = batch.raw_status, batch.request_counts
+    state.status, state.raw_status = batch.status, batch.raw_status
+    state.request_counts = batch.request_counts
     state.output_file_id, state.error_file_id = batch.output_file_id, batch.error_file_id
     state.next_check_at = time.time() + section.batch.batch_check_time
     batches.save(folder, state)
-    if batch.raw_status in batches.FINAL_RAW:
+    if batch.ended:
         collect(run, folder, state, context.provider, context.price)
     return 1
 
@@ -138,6 +139,7 @@ def _read_results(
     """A record for each item the batch's output or error file answers (the first answer wins)."""
     attempts = 1 if state.retry_of is None else 2
     api = provider.native_batches()
+    by_custom_id = {api.custom_id(ref.id, ref.ordinal): ref for ref in refs.values()}
     records: dict[str, dict[str, Any]] = {}
     for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
         path = downloaded(api, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
@@ -145,8 +147,8 @@ def _read_results(
             continue
         for entry in read_records(path):
             result = api.result(entry)
-            ref = refs.get(result.custom_id or "")
-            if ref is not None and ref.id not in records:
+            ref = by_custom_id.get(result.custom_id or "")
+            if ref is not None and ref.id not in records and result.outcome is not None:
                 records[ref.id] = _record(ref, result.outcome, provider, attempts, price)
     return records
 
@@ -156,7 +158,7 @@ def _missing_after_resend(
 ) -> dict[str, dict[str, Any]]:
     """Failed records for the items a re-sent batch still did not answer."""
     error = {
-        "type": f"batch_{state.raw_status}" if state.raw_status != "completed" else "batch_missing",
+        "type": f"batch_{state.status}" if state.status != "completed" else "batch_missing",
         "message": f"not in the results of batch {state.batch_id} ({state.raw_status}), "
         f"after one re-submission",
         "status_code": None,
@@ -189,11 +191,7 @@ def cancel_all(run: RunState, folder: TaskFolder) -> int:
     api = context_for(run).provider.native_batches()
     cancelled = 0
     for state in batches.all_states(folder):
-        if (
-            state.run_id == run.run_id
-            and state.batch_id
-            and state.raw_status not in batches.FINAL_RAW
-        ):
+        if state.run_id == run.run_id and state.batch_id and not state.ended:
             api.cancel(state.batch_id)
             state.next_check_at = 0.0
             batches.save(folder, state)

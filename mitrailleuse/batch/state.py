@@ -17,12 +17,11 @@ from pydantic import BaseModel, Field
 
 from mitrailleuse import keys
 from mitrailleuse.atomic import write_atomic
+from mitrailleuse.providers.base import FINAL_STATUSES, BatchFile, BatchStatus
 from mitrailleuse.taskfolder import TaskFolder
 
-#: Our side of a batch's life; ``raw_status`` keeps the provider's own word.
+#: Our side of a batch's life; ``status`` is the provider's side, ``raw_status`` its own word.
 Step = Literal["written", "uploading", "uploaded", "creating", "created", "collected", "failed"]
-#: Provider statuses after which a batch changes no more.
-FINAL_RAW = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class BatchState(BaseModel):
@@ -35,7 +34,10 @@ class BatchState(BaseModel):
     step: Step = "written"
     retry_of: int | None = None
     file_id: str | None = None
+    #: When the step ``creating`` was first recorded: a batch the provider made since may be ours.
+    creating_since: float | None = None
     batch_id: str | None = None
+    status: BatchStatus | None = None
     raw_status: str | None = None
     request_counts: dict[str, int] = Field(default_factory=dict)
     output_file_id: str | None = None
@@ -47,6 +49,21 @@ class BatchState(BaseModel):
     def name(self) -> str:
         """The stem of the batch's files."""
         return f"batch-{self.number:05d}"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the provider said the batch will change no more."""
+        return self.status in FINAL_STATUSES
+
+    def request_file(self, folder: TaskFolder) -> BatchFile:
+        """The batch's request file, labelled with the run and number at the provider."""
+        return BatchFile(
+            path=input_path(folder, self.number),
+            display_name=f"mitrailleuse-{self.run_id}-{self.number}",
+            metadata={"mitrailleuse_run": self.run_id, "mitrailleuse_batch": str(self.number)},
+            requests=self.items,
+            file_id=self.file_id,
+        )
 
 
 def input_path(folder: TaskFolder, number: int) -> Path:
@@ -107,7 +124,7 @@ def summary(states: list[BatchState]) -> str:
     """One line on a run's native batches: ``2 in_progress 35/40, 1 completed``."""
     groups: dict[str, list[BatchState]] = {}
     for state in states:
-        groups.setdefault(state.raw_status or state.step, []).append(state)
+        groups.setdefault(state.status or state.step, []).append(state)
     parts = []
     for status, members in groups.items():
         done = sum(

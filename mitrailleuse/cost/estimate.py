@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mitrailleuse.cost.pricing import ModelPrice, price_of, worst_case_usd
 from mitrailleuse.inputs import iter_items
+from mitrailleuse.modes import resolve_mode
 from mitrailleuse.providers import InvalidItem, provider_class
 from mitrailleuse.taskfolder import TaskFolder
 
@@ -78,7 +79,7 @@ def estimate(folder: TaskFolder) -> Estimate:
     return Estimate(
         provider=name,
         model=provider.model,
-        batch=section.batch.is_batch_active and provider.supports_native_batch,
+        batch=resolve_mode(name, section)[0] == "batch",
         items=items,
         reasons=dict(reasons.most_common()),
         prompt_units=prompt,

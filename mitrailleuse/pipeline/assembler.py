@@ -105,6 +105,7 @@ def assemble(run: RunState, folder: TaskFolder, state: str, reason: str | None =
         "state": state,
         "provider": status.provider,
         "mode": status.mode,
+        "mode_reason": status.mode_reason,
         "counts": counts.model_dump(),
         "missing": max(counts.total - counts.done, 0),
         "started_at": started.isoformat(),

@@ -453,7 +453,7 @@ def _call_claimed(
             log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
             wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
             return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
-        context.limiter.observe(sent.result.headers)
+        context.limiter.observe(sent.result.limits)
         answers = sent.result.answers
         return _store_answers(
             run, chunk, context, items, answers, attempt, sent.latency_ms, hashes, held, lease

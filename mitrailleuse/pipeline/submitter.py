@@ -23,11 +23,11 @@ from mitrailleuse.config import TaskConfig
 from mitrailleuse.cost.pricing import price_of
 from mitrailleuse.errors import ConfigError, InputError
 from mitrailleuse.inputs import count_items
+from mitrailleuse.modes import resolve_mode
 from mitrailleuse.pipeline import assembler
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunSettings, RunState
 from mitrailleuse.providers import provider_class
-from mitrailleuse.records import Mode
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, now
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
         state="queued",
         run_id=run.run_id,
         mode=settings.mode,
+        mode_reason=settings.mode_reason,
         counts=Counts(total=settings.total),
         started_at=now(),
         finished_at=None,
@@ -71,8 +72,8 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     )
     start_feeding(run)
     folder.log(
-        f"run {run.run_id} submitted: {settings.total} items, {settings.mode} mode,"
-        f" {settings.provider}"
+        f"run {run.run_id} submitted: {settings.total} items, {settings.mode} mode"
+        f" ({settings.mode_reason}), {settings.provider}"
     )
     return run
 
@@ -87,7 +88,7 @@ def _settings(folder: TaskFolder, config: TaskConfig) -> RunSettings:
     if total == 0:
         raise InputError(f"{folder.inputs_dir}: no items to send")
     chunk_size = section.batch.batch_size
-    mode = _mode(provider, section.batch.is_batch_active)
+    mode, why = resolve_mode(provider, section)
     _check_priced(config, provider)
     if mode == "batch" and config.general.cost_limit_usd is not None:
         warning = (
@@ -100,6 +101,7 @@ def _settings(folder: TaskFolder, config: TaskConfig) -> RunSettings:
         provider=provider,
         task_path=folder.path.resolve(),
         mode=mode,
+        mode_reason=why,
         total=total,
         chunk_size=chunk_size,
         window_chunks=max(1, math.ceil(config.general.max_items_in_flight / chunk_size)),
@@ -122,16 +124,6 @@ def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:
         cancel_native_batches.apply_async((run.run_id,), queue=CONTROL_QUEUE)
     assembler.finish_if_complete(run)
     return run
-
-
-def _mode(provider: str, batch_wanted: bool) -> Mode:
-    """``batch`` when asked for and the provider has a native batch API, else ``realtime``."""
-    if not batch_wanted:
-        return "realtime"
-    if provider_class(provider).supports_native_batch:
-        return "batch"
-    log.warning("%s has no native batch API: is_batch_active runs the live path", provider)
-    return "realtime"
 
 
 def _check_priced(config: TaskConfig, provider: str) -> None:

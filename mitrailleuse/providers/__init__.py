@@ -47,6 +47,8 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "openai": "mitrailleuse.providers.openai:OpenAIProvider",
     "deepseek": "mitrailleuse.providers.deepseek:DeepSeekProvider",
     "deepl": "mitrailleuse.providers.deepl:DeepLProvider",
+    "anthropic": "mitrailleuse.providers.anthropic:AnthropicProvider",
+    "gemini": "mitrailleuse.providers.gemini:GeminiProvider",
 }
 
 

@@ -13,7 +13,8 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -75,31 +76,102 @@ class Answer:
     usage: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a response said of one rate budget (None: not said)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitReport:
+    """The rate limits a response announced, in the provider's own headers' stead.
+
+    Each provider reads its headers into this (OpenAI's ``x-ratelimit-*``, Anthropic's
+    ``anthropic-ratelimit-*``); the limiter follows it without knowing whose they were.
+    """
+
+    requests: Budget = Budget()
+    tokens: Budget = Budget()
+
+
+#: A response that said nothing of the limits.
+NO_REPORT = RateLimitReport()
+
+
+def header_int(value: str | None) -> int | None:
+    """A header's whole number (``"120"``, ``"120.0"``), None when absent or unreadable."""
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 @dataclass(slots=True)
 class CallResult:
-    """What one call returned: an answer per payload, and the rate-limit headers seen."""
+    """What one call returned: an answer per payload, and what it said of the rate limits."""
 
     answers: list[Answer]
-    headers: Mapping[str, str] = field(default_factory=dict)
+    limits: RateLimitReport = NO_REPORT
+
+
+#: A native batch's life in words every provider's maps to; ``raw_status`` keeps its own.
+BatchStatus = Literal["in_progress", "canceling", "completed", "failed", "expired", "cancelled"]
+#: The statuses after which a batch changes no more.
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+#: How far a provider's clock may lag ours: a batch it says it created this long before we
+#: recorded the step ``creating`` may still be ours.
+CLOCK_SKEW_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
 class NativeBatch:
-    """A native batch as its provider reports it; ``raw_status`` is the provider's own word."""
+    """A native batch as its provider reports it.
+
+    ``request_counts`` holds ``total``, ``completed`` and ``failed``; ``output_file_id`` and
+    ``error_file_id`` are whatever the provider's :meth:`NativeBatchAPI.download` takes to
+    fetch the result lines (a file id, or the batch's own id where results are served by it).
+    """
 
     batch_id: str
+    status: BatchStatus
     raw_status: str
     request_counts: dict[str, int] = field(default_factory=dict)
     output_file_id: str | None = None
     error_file_id: str | None = None
 
+    @property
+    def ended(self) -> bool:
+        """Whether the batch will change no more (its results, if any, can be read)."""
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFile:
+    """A batch's request file as the machinery wrote it, and what it was uploaded as.
+
+    ``display_name`` is unique to the run and batch: a provider that can label a batch labels
+    it so, to find it again after a crash between its creation and our record of it.
+    """
+
+    path: Path
+    display_name: str
+    metadata: dict[str, str]
+    requests: int
+    file_id: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """One line of a native batch's results: the item it answers, and its answer or error."""
+    """One line of a native batch's results: the item it answers, and its answer or error.
+
+    No outcome: the request was never processed (expired, cancelled), as if it were missing.
+    """
 
     custom_id: str | None
-    outcome: Answer | ProviderError
+    outcome: Answer | ProviderError | None
 
 
 class NativeBatchAPI(ABC):
@@ -107,28 +179,41 @@ class NativeBatchAPI(ABC):
 
     The machinery writes the request files, records each step, polls, downloads and turns the
     results into records through these methods alone: a provider adds its native batches by
-    implementing them (OpenAI's: ``providers/openai.py``).
+    implementing them (``providers/openai.py``, ``anthropic.py``, ``gemini.py``).
     """
 
     #: The most requests, and bytes, one batch may hold.
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
 
+    def custom_id(self, item_id: str, ordinal: int) -> str:
+        """The id a request line carries, and its result comes back with (unique in a run)."""
+        return item_id
+
     @abstractmethod
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """One line of a batch's request file, newline included."""
 
     @abstractmethod
-    def upload(self, name: str, handle: BinaryIO) -> str:
-        """Upload a request file; its file id."""
+    def upload(self, batch: BatchFile) -> str | None:
+        """Upload a request file; its file id, or None where :meth:`create` sends it inline."""
 
     @abstractmethod
-    def create(self, file_id: str, completion_window: str, metadata: dict[str, str]) -> NativeBatch:
-        """Create the batch of an uploaded file."""
+    def create(self, batch: BatchFile, completion_window: str) -> NativeBatch:
+        """Create the batch (of its uploaded file, or of its lines sent inline).
+
+        Creating is not idempotent at every provider: the machinery records the step before
+        and after, and asks :meth:`created_for` before creating again.
+        """
 
     @abstractmethod
-    def created_for(self, file_id: str) -> NativeBatch | None:
-        """The batch already created for ``file_id``, if any (a crash may have hidden it)."""
+    def created_for(self, batch: BatchFile, since: float) -> list[NativeBatch]:
+        """Batches made for ``batch`` since ``since``: a crash may have hidden one from us.
+
+        Where the provider labels batches (an input file, a display name) that is the one
+        batch so labelled; where it cannot, every batch that could be it, newest first, and
+        the machinery takes the first no other batch of the task has recorded.
+        """
 
     @abstractmethod
     def retrieve(self, batch_id: str) -> NativeBatch:
@@ -136,7 +221,7 @@ class NativeBatchAPI(ABC):
 
     @abstractmethod
     def download(self, file_id: str) -> bytes:
-        """A results file's content."""
+        """Result lines (JSONL) from an ``output_file_id`` or ``error_file_id``."""
 
     @abstractmethod
     def result(self, entry: dict[str, Any]) -> BatchResult:

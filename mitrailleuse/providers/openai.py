@@ -15,102 +15,83 @@ Responses are read raw (headers kept for the rate limiter) and parsed with orjso
 
 from __future__ import annotations
 
-import email.utils
-import importlib
-import os
-import time
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO, ClassVar
+from typing import Any
 
-import aiohttp
 import openai
 import orjson
 
 from mitrailleuse.config import ChatProviderConfig
 from mitrailleuse.credentials import redact
-from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
+    CLOCK_SKEW_S,
     PERMANENT_STATUS,
     Answer,
+    BatchFile,
     BatchResult,
+    BatchStatus,
+    Budget,
     CallResult,
     ErrorKind,
-    InvalidItem,
     NativeBatch,
     NativeBatchAPI,
-    Provider,
     ProviderError,
+    RateLimitReport,
+    header_int,
+)
+from mitrailleuse.providers.chat import (
+    ChatProvider,
+    http_module,
+    proxied_client,
+    refused,
+    retry_after_s,
 )
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """The wait a response asks for: ``retry-after-ms``, else ``retry-after`` (seconds or date)."""
-    if value := headers.get("retry-after-ms"):
-        try:
-            return max(float(value) / 1000, 0.0)
-        except ValueError:
-            pass
-    if value := headers.get("retry-after"):
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value)
-            return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
-    return None
+
+def parse_duration_s(value: str | None) -> float | None:
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1h2m3.5s"``, or seconds."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = _DURATION.findall(value)
+    return sum(float(number) * units[unit] for number, unit in parts) if parts else None
+
+
+def rate_limits(headers: Mapping[str, str]) -> RateLimitReport:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (DeepSeek's too, when sent)."""
+
+    def budget(name: str) -> Budget:
+        return Budget(
+            header_int(headers.get(f"x-ratelimit-limit-{name}")),
+            header_int(headers.get(f"x-ratelimit-remaining-{name}")),
+            parse_duration_s(headers.get(f"x-ratelimit-reset-{name}")),
+        )
+
+    return RateLimitReport(budget("requests"), budget("tokens"))
 
 
 #: The HTTP library the SDK is built on: ``httpx``, or its ``httpx2`` fork from openai 3 on.
-_http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])
+_http = http_module(openai.DefaultHttpxClient)
 #: The request path of a chat completion, under the client's base URL.
 CHAT_PATH = "/chat/completions"
 _JSON = {"Content-Type": "application/json"}
 
 
-def _proxied_client(proxies: Mapping[str, str]) -> Any:
-    """The SDK's own HTTP client, sending each scheme through its proxy."""
-    mounts = {f"{scheme}://": _http.HTTPTransport(proxy=url) for scheme, url in proxies.items()}
-    return openai.DefaultHttpxClient(mounts=mounts)
-
-
-def _refused(error: BaseException) -> aiohttp.ClientConnectorError | None:
-    """The connection that could not be made, when a "timeout" is one.
-
-    The SDK's aiohttp transport maps every ``aiohttp.ClientConnectorError`` (a refused
-    connection, an unknown host) to a connect *timeout*; the cause it chains says which.
-    """
-    cause = error.__cause__
-    while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return cause
-        cause = cause.__cause__
-    return None
-
-
-def _text(value: Any, what: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise InvalidItem(f"{what} must be text, got {type(value).__name__}")
-
-
-def _field(item: Mapping[str, Any], path: str, what: str) -> str:
-    try:
-        return _text(get_field(item, path), what)
-    except KeyError:
-        raise InvalidItem(f"missing {what} field {path!r}") from None
-
-
-class OpenAIProvider(Provider):
+class OpenAIProvider(ChatProvider):
     """OpenAI's chat completions API."""
 
     name = "openai"
     config_model = ChatProviderConfig
     key_variables = ("OPENAI_API_KEY",)
     supports_native_batch = True
-    #: Environment variable for the endpoint, and the endpoint when it is unset.
-    base_url_variable: ClassVar[str] = "OPENAI_BASE_URL"
-    default_base_url: ClassVar[str | None] = None
+    base_url_variable = "OPENAI_BASE_URL"
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -122,61 +103,11 @@ class OpenAIProvider(Provider):
             base_url=self.base_url(config),
             max_retries=0,
             timeout=config.timeout_s,
-            http_client=_proxied_client(proxies) if proxies else None,
+            http_client=proxied_client(openai.DefaultHttpxClient, proxies) if proxies else None,
         )
         #: Made on the call loop at its first call (an aiohttp session belongs to its loop).
         self._async_client: openai.AsyncOpenAI | None = None
         self.async_calls = not proxies  # proxies are mounted on the blocking client only
-
-    @classmethod
-    def base_url(cls, config: Any) -> str | None:
-        """The endpoint: config, then environment, then the provider's default."""
-        return config.base_url or os.environ.get(cls.base_url_variable) or cls.default_base_url
-
-    @classmethod
-    def build_request(cls, item: Mapping[str, Any], config: Any) -> dict[str, Any]:
-        """``{"messages": [...]}`` from the item's prompt and the system instruction."""
-        messages = item.get("messages")
-        if messages is not None:
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise InvalidItem("'messages' must be a list of message objects")
-            return {"messages": messages}
-        user = _field(item, config.prompt, "prompt")
-        instruction = config.system_instruction
-        if instruction.is_dynamic:
-            system = _field(item, instruction.system_prompt, "system prompt")
-        else:
-            system = instruction.system_prompt
-        head = [{"role": "system", "content": system}] if system else []
-        return {"messages": [*head, {"role": "user", "content": user}]}
-
-    def estimate_tokens(self, payloads: Sequence[dict[str, Any]]) -> int:
-        """Prompt characters / 4 (no tokenizer files here) plus the completion budget.
-
-        Like the provider's own limiter, the completion counts as ``max_tokens`` until the
-        response's usage corrects it.
-        """
-        return sum(self.cost_units(payloads))
-
-    def cost_units(self, payloads: Sequence[dict[str, Any]]) -> tuple[int, int]:
-        """Prompt tokens (characters / 4, plus 4 per message) and ``max_tokens`` per call."""
-        setting = self.config.api_information.setting
-        completion = setting.max_completion_tokens or setting.max_tokens or 256
-        prompt = 0
-        for payload in payloads:
-            for message in payload["messages"]:
-                content = message.get("content")
-                text = content if isinstance(content, str) else orjson.dumps(content).decode()
-                prompt += len(text) // 4 + 4
-        return prompt, int(completion) * len(payloads)
-
-    def deterministic(self) -> bool:
-        """At temperature 0 the same request gets the same answer (as near as models allow)."""
-        return self.config.api_information.setting.temperature == 0
-
-    def request_identity(self, payload: Mapping[str, Any]) -> Any:
-        """The whole body: model, every setting, the messages."""
-        return self.request_body(payload)
 
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The full JSON body for a payload, as the live call and a batch line send it."""
@@ -193,7 +124,7 @@ class OpenAIProvider(Provider):
             raw = self.client.post(CHAT_PATH, **arguments)
         except openai.APIError as error:
             raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], raw.headers)
+        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
 
     async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
         """:meth:`send` through ``AsyncOpenAI`` on aiohttp, the SDK's cheapest transport."""
@@ -210,7 +141,7 @@ class OpenAIProvider(Provider):
             raw = await self._async_client.post(CHAT_PATH, **arguments)
         except openai.APIError as error:
             raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], raw.headers)
+        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
 
     def _post_arguments(
         self, payloads: Sequence[dict[str, Any]], timeout_s: float
@@ -222,12 +153,7 @@ class OpenAIProvider(Provider):
         costliest part of a call, about 0.7 ms of CPU each) for a body that is already plain
         JSON, serialized here by orjson. The raw response keeps the rate-limit headers.
         """
-        if not self.api_key:
-            raise ProviderError(
-                ErrorKind.FATAL,
-                "missing_api_key",
-                f"no API key for {self.name}: set {self.key_variables[0]} where the workers run",
-            )
+        self.require_key()
         (payload,) = payloads
         return {
             "cast_to": _http.Response,
@@ -262,11 +188,9 @@ class OpenAIProvider(Provider):
     def classify(self, error: openai.APIError) -> ProviderError:
         """Sort an SDK error into retry, rate-limited or fatal."""
         message = redact(str(getattr(error, "message", error)), self.api_key)
-        refused = _refused(error)
-        if refused is not None:
-            return ProviderError(
-                ErrorKind.RETRY, "connection_error", f"connection error: {refused}"
-            )
+        cause = refused(error)
+        if cause is not None:
+            return ProviderError(ErrorKind.RETRY, "connection_error", f"connection error: {cause}")
         if isinstance(error, openai.APITimeoutError):
             return ProviderError(ErrorKind.RETRY, "timeout", "the request timed out")
         if isinstance(error, openai.APIConnectionError):
@@ -320,29 +244,30 @@ class OpenAIBatchAPI(NativeBatchAPI):
         line = {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
         return orjson.dumps(line) + b"\n"
 
-    def upload(self, name: str, handle: BinaryIO) -> str:
+    def upload(self, batch: BatchFile) -> str:
         """Upload with ``purpose="batch"``."""
-        return self.client.files.create(file=(name, handle), purpose="batch").id
+        with batch.path.open("rb") as handle:
+            return self.client.files.create(file=(batch.path.name, handle), purpose="batch").id
 
-    def create(self, file_id: str, completion_window: str, metadata: dict[str, str]) -> NativeBatch:
+    def create(self, batch: BatchFile, completion_window: str) -> NativeBatch:
         """Create the batch, its metadata naming the run and batch number."""
         return _native(
             self.client.batches.create(
-                input_file_id=file_id,
+                input_file_id=batch.file_id or "",
                 endpoint=self.endpoint,  # type: ignore[arg-type]
                 completion_window=completion_window,  # type: ignore[arg-type]
-                metadata=metadata,
+                metadata=batch.metadata,
             )
         )
 
-    def created_for(self, file_id: str) -> NativeBatch | None:
-        """Search the account's latest batches for one made from ``file_id``."""
-        for seen, batch in enumerate(self.client.batches.list(limit=100)):
-            if batch.input_file_id == file_id:
-                return _native(batch)
-            if seen >= self.lookup_limit:
+    def created_for(self, batch: BatchFile, since: float) -> list[NativeBatch]:
+        """The account's latest batch made from the uploaded file, if any."""
+        for seen, found in enumerate(self.client.batches.list(limit=100)):
+            if found.input_file_id == batch.file_id:
+                return [_native(found)]
+            if seen >= self.lookup_limit or found.created_at < since - CLOCK_SKEW_S:
                 break
-        return None
+        return []
 
     def retrieve(self, batch_id: str) -> NativeBatch:
         """The batch's status, counts and result files."""
@@ -374,10 +299,24 @@ class OpenAIBatchAPI(NativeBatchAPI):
         self.client.batches.cancel(batch_id)
 
 
+#: OpenAI's batch statuses in the words every provider's maps to.
+_STATUSES: dict[str, BatchStatus] = {
+    "validating": "in_progress",
+    "in_progress": "in_progress",
+    "finalizing": "in_progress",
+    "cancelling": "canceling",
+    "completed": "completed",
+    "failed": "failed",
+    "expired": "expired",
+    "cancelled": "cancelled",
+}
+
+
 def _native(batch: Any) -> NativeBatch:
     counts = batch.request_counts
     return NativeBatch(
         batch_id=batch.id,
+        status=_STATUSES.get(batch.status, "in_progress"),
         raw_status=batch.status,
         request_counts=counts.model_dump() if counts is not None else {},
         output_file_id=batch.output_file_id,

@@ -8,7 +8,7 @@ provider (:meth:`pause`), and ``x-ratelimit-*`` response headers lower the budge
 provider says remains (:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
 
 A budget the task left unset follows the limit the provider announces
-(``x-ratelimit-limit-requests``, Anthropic's ``anthropic-ratelimit-requests-limit``, ...): the
+(OpenAI's ``x-ratelimit-limit-requests``, Anthropic's ``anthropic-ratelimit-requests-limit``): the
 worker that reads a new figure writes it to Redis, and every worker adopts it within
 :data:`ANNOUNCED_REFRESH_S`. A budget the task set is a ceiling the announcement can only lower.
 
@@ -30,10 +30,9 @@ from __future__ import annotations
 import enum
 import math
 import os
-import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from mitrailleuse.config import RateLimit
 from mitrailleuse.scripts import script
 
 if TYPE_CHECKING:
+    from mitrailleuse.providers.base import RateLimitReport
     from mitrailleuse.taskfolder import TaskFolder
 
 #: A lease (and a claim) outlives a call by this much before it is presumed lost.
@@ -62,11 +62,6 @@ ANNOUNCED_REWRITE_S = 60.0
 #: worker) then shares a 60-second window with the calls booked after it, and the provider,
 #: counting arrivals, would see one too many.
 ANNOUNCED_SHARE = 0.98
-#: Where each provider family announces its limits.
-LIMIT_HEADERS = {
-    "requests": ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
-    "tokens": ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +127,6 @@ class Limits:
             self.tokens_ceiling,
             frozenset(announced),
         )
-
-
-def announced_limits(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
-    """The requests and tokens per minute a response's headers announce (None: not said)."""
-
-    def first(names: tuple[str, ...]) -> int | None:
-        for name in names:
-            value = _int(headers.get(name))
-            if value:
-                return value
-        return None
-
-    return first(LIMIT_HEADERS["requests"]), first(LIMIT_HEADERS["tokens"])
 
 
 class ItemState(enum.IntEnum):
@@ -347,21 +329,18 @@ class RedisLimiter:
         """Stop the whole fleet's calls to this provider and model for ``seconds``."""
         self._pause(keys=[keys.limit(self.scope, "pause")], args=[math.ceil(seconds * 1000)])
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Follow the provider's ``x-ratelimit-*`` headers.
+    def observe(self, report: RateLimitReport) -> None:
+        """Follow what a response said of the rate limits.
 
         An announced limit that differs from the one in force is written for the whole fleet
         (and again now and then while it holds). None remaining pauses the fleet until the
         announced reset; fewer remaining than our pace would use before the reset spreads them
         over it, whatever the config claims.
         """
-        self._hear(*announced_limits(headers))
-        for budget in ("requests", "tokens"):
-            remaining = _int(headers.get(f"x-ratelimit-remaining-{budget}"))
-            if remaining is None:
-                continue
-            reset = parse_duration_s(headers.get(f"x-ratelimit-reset-{budget}"))
-            if not reset:
+        self._hear(report.requests.limit, report.tokens.limit)
+        for budget, said in (("requests", report.requests), ("tokens", report.tokens)):
+            remaining, reset = said.remaining, said.reset_s
+            if remaining is None or not reset:
                 continue
             if remaining <= 0:
                 self.pause(reset)
@@ -424,19 +403,3 @@ def _int(value: str | bytes | None) -> int | None:
         return int(float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration_s(value: str | None) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1h2m3.5s"``, or seconds."""
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    parts = _DURATION.findall(value)
-    return sum(float(number) * units[unit] for number, unit in parts) if parts else None

@@ -10,7 +10,9 @@ import redis
 
 from mitrailleuse.config import RateLimit
 from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
-from mitrailleuse.ratelimit.limiter import ANNOUNCED_REFRESH_S, parse_duration_s
+from mitrailleuse.providers.anthropic import rate_limits as anthropic_rate_limits
+from mitrailleuse.providers.openai import parse_duration_s, rate_limits
+from mitrailleuse.ratelimit.limiter import ANNOUNCED_REFRESH_S
 
 pytestmark = pytest.mark.e2e
 
@@ -71,14 +73,14 @@ def test_tokens_budget_and_correction(limiter_for):
 def test_pause_and_provider_headers(limiter_for):
     limiter = limiter_for(rpm=6000)  # one per 10 ms
     # 3 left for the next 3 s: the next call waits a second, not 10 ms
-    limiter.observe({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "3s"})
+    limiter.observe(rate_limits({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "3s"}))
     wait = limiter.acquire(0, 10)
     assert not isinstance(wait, Grant) and 0.9 < wait <= 1.0
     plenty = limiter_for(rpm=6000)
-    plenty.observe({"x-ratelimit-remaining-requests": "900", "x-ratelimit-reset-requests": "3s"})
+    plenty.observe(rate_limits({"x-ratelimit-remaining-requests": "900", "x-ratelimit-reset-requests": "3s"}))
     assert isinstance(plenty.acquire(0, 10), Grant)
     other = limiter_for(rpm=6000)
-    other.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
+    other.observe(rate_limits({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}))
     wait = other.acquire(0, 10)
     assert not isinstance(wait, Grant) and 1.5 < wait <= 2.0
     paused = limiter_for()
@@ -103,13 +105,13 @@ def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_
     one, other = (RedisLimiter(client, "test", model, unset) for _ in range(2))
     assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (500, 200_000)
 
-    one.observe({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"})
+    one.observe(rate_limits({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"}))
     assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (2940, 1_960_000)
     assert one.limits.announced == {"requests", "tokens"}
     time.sleep(ANNOUNCED_REFRESH_S)
     assert other.limits.requests_per_minute == 2940  # another worker, through Redis
 
-    one.observe({"anthropic-ratelimit-requests-limit": "1000"})  # down, in the other family
+    one.observe(anthropic_rate_limits({"anthropic-ratelimit-requests-limit": "1000"}))  # down
     time.sleep(ANNOUNCED_REFRESH_S)
     assert other.limits.requests_per_minute == 980
     assert other.limits.tokens_per_minute == 1_960_000
@@ -118,7 +120,7 @@ def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_
     ceiling = RedisLimiter(client, "test", model, capped)
     assert ceiling.limits.requests_per_minute == 800  # the task's is lower than the 1000
     assert ceiling.limits.tokens_per_minute == 1_960_000  # "no token budget" gives way
-    one.observe({"x-ratelimit-limit-requests": "400"})
+    one.observe(rate_limits({"x-ratelimit-limit-requests": "400"}))
     time.sleep(ANNOUNCED_REFRESH_S)
     assert ceiling.limits.requests_per_minute == 392
     assert ceiling.limits.announced == {"requests", "tokens"}

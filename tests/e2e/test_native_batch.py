@@ -140,8 +140,8 @@ def test_cancel_cancels_the_provider_batches_and_execute_resumes(sim, batch_task
     assert progress.state == "cancelled"
     assert sim.stats()["requests"].get("POST /v1/batches/{batch_id}/cancel") == 3
     deadline = time.monotonic() + 30
-    while {s.raw_status for s in all_states(task)} != {"cancelled"}:  # beat sees them end
-        assert time.monotonic() < deadline, [s.raw_status for s in all_states(task)]
+    while {s.status for s in all_states(task)} != {"cancelled"}:  # beat sees them end
+        assert time.monotonic() < deadline, [s.status for s in all_states(task)]
         time.sleep(0.2)
 
     sim.configure(batch_duration_s=1)

@@ -7,7 +7,8 @@ from mitrailleuse.errors import ConfigError
 from mitrailleuse.providers import InvalidItem, provider_class
 from mitrailleuse.providers.deepl import DeepLProvider
 from mitrailleuse.providers.deepseek import DeepSeekProvider
-from mitrailleuse.providers.openai import OpenAIProvider, retry_after_s
+from mitrailleuse.providers.chat import retry_after_s
+from mitrailleuse.providers.openai import OpenAIProvider
 
 
 def test_registry_is_lazy_and_suggests():

@@ -1,0 +1,359 @@
+"""Anthropic's Messages API, through the official ``anthropic`` SDK.
+
+Features:
+    - online (``/v1/messages``): yes, one item per call
+    - native batch (Message Batches, ``/v1/messages/batches``, half price): yes
+
+Endpoint: ``base_url`` from the config, else ``ANTHROPIC_BASE_URL``, else the SDK's default.
+Key: ``ANTHROPIC_API_KEY``. Options read: ``prompt``, ``system_instruction`` (sent as
+``system``), ``api_information.model`` and every key of ``api_information.setting`` (OpenAI's
+``stop`` and ``max_completion_tokens`` under Anthropic's names; ``max_tokens`` is required
+and defaults to 1024), ``timeout_s``, ``general.proxies``.
+
+The SDK's own retries are off (``max_retries=0``). Its ``anthropic-ratelimit-*`` headers feed
+the limiter; a 429 with ``retry-after`` pauses the fleet, 529 (overloaded) and 5xx retry, and
+a 429 without ``retry-after`` that says a spend limit is reached (or a 400 saying the credit
+is too low) halts the run's Anthropic items: asking again cannot help until someone pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import anthropic
+import orjson
+
+from mitrailleuse.config import AnthropicConfig
+from mitrailleuse.credentials import redact
+from mitrailleuse.providers.base import (
+    CLOCK_SKEW_S,
+    PERMANENT_STATUS,
+    Answer,
+    BatchFile,
+    BatchResult,
+    BatchStatus,
+    Budget,
+    CallResult,
+    ErrorKind,
+    NativeBatch,
+    NativeBatchAPI,
+    ProviderError,
+    QuotaExceeded,
+    RateLimitReport,
+    header_int,
+)
+from mitrailleuse.providers.chat import (
+    ChatProvider,
+    http_module,
+    proxied_client,
+    refused,
+    retry_after_s,
+    split_system,
+)
+
+_http = http_module(anthropic.DefaultHttpxClient)
+#: The request path of a message, under the client's base URL.
+MESSAGES_PATH = "/v1/messages"
+_JSON = {"Content-Type": "application/json"}
+#: OpenAI's names of settings Anthropic calls otherwise.
+_RENAMED = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
+#: Words of a refusal that only money ends: a spend limit reached, a credit balance too low.
+_SPEND_WORDS = ("usage limit", "spend limit", "credit balance")
+
+
+def _seconds_until(stamp: str | None) -> float | None:
+    """Seconds from now to an RFC 3339 reset time (``2026-12-04T20:00:01Z``)."""
+    if not stamp:
+        return None
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(moment.timestamp() - datetime.now(moment.tzinfo).timestamp(), 0.0)
+
+
+def rate_limits(headers: Mapping[str, str]) -> RateLimitReport:
+    """``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``.
+
+    Input tokens stand for tokens when the combined budget is not sent.
+    """
+
+    def budget(*names: str) -> Budget:
+        for name in names:
+            prefix = f"anthropic-ratelimit-{name}-"
+            limit = header_int(headers.get(prefix + "limit"))
+            remaining = header_int(headers.get(prefix + "remaining"))
+            if limit is not None or remaining is not None:
+                return Budget(limit, remaining, _seconds_until(headers.get(prefix + "reset")))
+        return Budget()
+
+    return RateLimitReport(budget("requests"), budget("tokens", "input-tokens"))
+
+
+class AnthropicProvider(ChatProvider):
+    """Anthropic's Messages API."""
+
+    name = "anthropic"
+    config_model = AnthropicConfig
+    key_variables = ("ANTHROPIC_API_KEY",)
+    supports_native_batch = True
+    base_url_variable = "ANTHROPIC_BASE_URL"
+
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
+        settings = config.api_information.setting.request_fields()
+        self.settings = {_RENAMED.get(key, key): value for key, value in settings.items()}
+        self.settings.setdefault("max_tokens", self.completion_tokens())
+        self.client = anthropic.Anthropic(
+            api_key=api_key or "missing",
+            base_url=self.base_url(config),
+            max_retries=0,
+            timeout=config.timeout_s,
+            http_client=proxied_client(anthropic.DefaultHttpxClient, proxies) if proxies else None,
+        )
+        #: Made on the call loop at its first call (an aiohttp session belongs to its loop).
+        self._async_client: anthropic.AsyncAnthropic | None = None
+        self.async_calls = not proxies  # proxies are mounted on the blocking client only
+
+    def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``model``, the settings, ``system`` (when there is one) and the other messages."""
+        system, messages = split_system(payload["messages"])
+        body = {"model": self.model, **self.settings, "messages": messages}
+        if system:
+            body["system"] = system
+        return body
+
+    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """One message per call: ``payloads`` holds exactly one payload."""
+        arguments = self._post_arguments(payloads, timeout_s)
+        try:
+            raw = self.client.post(MESSAGES_PATH, **arguments)
+        except anthropic.APIError as error:
+            raise self.classify(error) from None
+        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
+
+    async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """:meth:`send` through ``AsyncAnthropic`` on aiohttp."""
+        arguments = self._post_arguments(payloads, timeout_s)
+        if self._async_client is None:
+            self._async_client = anthropic.AsyncAnthropic(
+                api_key=self.api_key,
+                base_url=self.base_url(self.config),
+                max_retries=0,
+                timeout=self.config.timeout_s,
+                http_client=anthropic.DefaultAioHttpClient(),
+            )
+        try:
+            raw = await self._async_client.post(MESSAGES_PATH, **arguments)
+        except anthropic.APIError as error:
+            raise self.classify(error) from None
+        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
+
+    def _post_arguments(
+        self, payloads: Sequence[dict[str, Any]], timeout_s: float
+    ) -> dict[str, Any]:
+        """The raw ``post`` of the one payload: its body serialized once, headers kept."""
+        self.require_key()
+        (payload,) = payloads
+        return {
+            "cast_to": _http.Response,
+            "content": orjson.dumps(self.request_body(payload)),
+            "options": {"timeout": timeout_s, "headers": _JSON},
+        }
+
+    @staticmethod
+    def parse(content: bytes, status_code: int = 200) -> Answer:
+        """The text blocks of a message, and its usage in the shared names."""
+        try:
+            body = orjson.loads(content)
+            blocks = body["content"]
+            output = "".join(b["text"] for b in blocks if b.get("type") == "text")
+            usage = body["usage"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            shown = content[:120].decode("utf-8", "replace")
+            raise ProviderError(
+                ErrorKind.RETRY,
+                "invalid_response",
+                f"unreadable {status_code} response body: {shown!r}",
+                status_code,
+            ) from None
+        return Answer(output=output, response=body, usage=_usage(usage))
+
+    def classify(self, error: anthropic.APIError) -> ProviderError:
+        """Sort an SDK error: spend limits halt, 429 pauses, 529 and 5xx retry."""
+        message = redact(str(getattr(error, "message", error)), self.api_key)
+        cause = refused(error)
+        if cause is not None:
+            return ProviderError(ErrorKind.RETRY, "connection_error", f"connection error: {cause}")
+        if isinstance(error, anthropic.APITimeoutError):
+            return ProviderError(ErrorKind.RETRY, "timeout", "the request timed out")
+        if isinstance(error, anthropic.APIConnectionError):
+            return ProviderError(ErrorKind.RETRY, "connection_error", message)
+        if not isinstance(error, anthropic.APIStatusError):
+            return ProviderError(ErrorKind.RETRY, "invalid_response", message)
+        status = error.status_code
+        wait = retry_after_s(error.response.headers)
+        spent = any(words in message.lower() for words in _SPEND_WORDS)
+        if spent and (status == 400 or (status == 429 and wait is None)):
+            return QuotaExceeded(f"Anthropic spend limit reached: {message}", status)
+        if status == 429:
+            return ProviderError(ErrorKind.RATE_LIMITED, "rate_limited", message, status, wait)
+        if status == 529:
+            return ProviderError(ErrorKind.RETRY, "overloaded", message, status, wait)
+        kind = ErrorKind.FATAL if status in PERMANENT_STATUS else ErrorKind.RETRY
+        return ProviderError(kind, f"http_{status}", message, status, wait)
+
+    def native_batches(self) -> AnthropicBatchAPI:
+        """Message Batches, through the same client."""
+        return AnthropicBatchAPI(self)
+
+    def close(self) -> None:
+        """Close the SDK's connection pool."""
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client's aiohttp session."""
+        if self._async_client is not None:
+            await self._async_client.close()
+
+
+def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
+    """Anthropic's usage in the shared names: cache reads count as (cheaper) prompt tokens."""
+    cached = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + cached + written
+    completion = usage.get("output_tokens") or 0
+    counts = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        counts["cached_tokens"] = cached
+    return counts
+
+
+class AnthropicBatchAPI(NativeBatchAPI):
+    """Message Batches: requests sent inline, results read from the batch's ``results_url``.
+
+    A batch carries no label, so the lookup after a crash matches a batch made since the
+    ``creating`` step with as many requests; its results are joined on ``custom_id``, which
+    must match ``^[a-zA-Z0-9_-]{1,64}$``: an item's is ``item-<ordinal>`` (unique in a run).
+    """
+
+    max_requests = 100_000
+    max_bytes = 256 * 1024 * 1024
+    #: How many of the account's batches are searched for one created before a crash.
+    lookup_limit = 1000
+
+    def __init__(self, provider: AnthropicProvider) -> None:
+        self.provider = provider
+        self.client = provider.client
+
+    def custom_id(self, item_id: str, ordinal: int) -> str:
+        """``item-<ordinal>``: item ids (``file.jsonl:17``) are not allowed here."""
+        return f"item-{ordinal}"
+
+    def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
+        """``{"custom_id", "params"}``: the body a live call would send."""
+        line = {"custom_id": custom_id, "params": self.provider.request_body(payload)}
+        return orjson.dumps(line) + b"\n"
+
+    def upload(self, batch: BatchFile) -> None:
+        """Nothing to upload: the requests go inline in :meth:`create`."""
+        return None
+
+    def create(self, batch: BatchFile, completion_window: str) -> NativeBatch:
+        """Create the batch from the file's lines (Anthropic's window is 24 h, always)."""
+        with batch.path.open("rb") as handle:
+            requests = [orjson.loads(line) for line in handle]
+        raw = self.client.post(
+            "/v1/messages/batches", cast_to=_http.Response, body={"requests": requests}
+        )
+        return _native(orjson.loads(raw.content))
+
+    def created_for(self, batch: BatchFile, since: float) -> list[NativeBatch]:
+        """Batches made since ``since`` with as many requests, newest first."""
+        found = []
+        for seen, made in enumerate(self.client.messages.batches.list(limit=100)):
+            if made.created_at.timestamp() < since - CLOCK_SKEW_S or seen >= self.lookup_limit:
+                break
+            native = _native(made.model_dump(mode="json"))
+            if native.request_counts["total"] == batch.requests:
+                found.append(native)
+        return found
+
+    def retrieve(self, batch_id: str) -> NativeBatch:
+        """The batch's status and counts; once ended, its results are read by its id."""
+        return _native(self.client.messages.batches.retrieve(batch_id).model_dump(mode="json"))
+
+    def download(self, file_id: str) -> bytes:
+        """The ended batch's result lines, from its ``results_url``."""
+        batch = self.client.messages.batches.retrieve(file_id)
+        raw = self.client.get(
+            batch.results_url or "",
+            cast_to=_http.Response,
+            options={"headers": {"Accept": "application/binary"}},
+        )
+        return raw.content
+
+    def result(self, entry: dict[str, Any]) -> BatchResult:
+        """A ``succeeded`` line's message, an ``errored`` line's error.
+
+        ``canceled`` and ``expired`` lines were never processed: no outcome, so they are sent
+        once more.
+        """
+        custom_id = entry.get("custom_id")
+        result = entry.get("result") or {}
+        kind = result.get("type")
+        if kind == "succeeded":
+            try:
+                return BatchResult(custom_id, self.provider.parse(orjson.dumps(result["message"])))
+            except ProviderError as error:
+                return BatchResult(custom_id, error)
+        if kind == "errored":
+            detail = (result.get("error") or {}).get("error") or {}
+            message = detail.get("message") or "the request failed"
+            error = ProviderError(ErrorKind.FATAL, detail.get("type") or "batch_error", message)
+            return BatchResult(custom_id, error)
+        return BatchResult(custom_id, None)
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask Anthropic to cancel the batch (it ends with the rest ``canceled``)."""
+        self.client.messages.batches.cancel(batch_id)
+
+
+def _native(batch: Mapping[str, Any]) -> NativeBatch:
+    """A Message Batch (JSON) in the shared words.
+
+    An ended batch is ``completed``, unless it was cancelled, or every request in it expired.
+    """
+    counts = batch.get("request_counts") or {}
+    total = sum(value for value in counts.values() if isinstance(value, int))
+    failed = sum(counts.get(name, 0) for name in ("errored", "canceled", "expired"))
+    raw = batch.get("processing_status") or "in_progress"
+    status: BatchStatus = "in_progress"
+    if raw == "canceling":
+        status = "canceling"
+    elif raw == "ended":
+        status = "completed"
+        if batch.get("cancel_initiated_at"):
+            status = "cancelled"
+        elif total and counts.get("expired", 0) == total:
+            status = "expired"
+    ended = raw == "ended"
+    return NativeBatch(
+        batch_id=batch["id"],
+        status=status,
+        raw_status=raw,
+        request_counts={
+            "total": total,
+            "completed": counts.get("succeeded", 0),
+            "failed": failed,
+        },
+        output_file_id=batch["id"] if ended else None,
+    )
