@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mitrailleuse.broker import redis_server_binary
+from mitrailleuse.pipeline.queues import CONTROL_QUEUE, provider_queues
 from mitrailleuse.simulator.process import SimulatorProcess
 from mitrailleuse.simulator.settings import SimulatorSettings
 from mitrailleuse.testing import BeatProcess, RedisServer, WorkerProcess
@@ -74,12 +75,16 @@ def fleet_env(redis_server: RedisServer, simulator: SimulatorProcess) -> dict[st
         "DEEPSEEK_API_KEY": TEST_KEY + "-deepseek",
         "DEEPL_SERVER_URL": simulator.url,
         "DEEPL_AUTH_KEY": TEST_KEY + "-deepl",
+        "ANTHROPIC_BASE_URL": simulator.url,
+        "ANTHROPIC_API_KEY": TEST_KEY + "-anthropic",
+        "GEMINI_BASE_URL": simulator.url,
+        "GEMINI_API_KEY": TEST_KEY + "-gemini",
         "PYTHONPATH": str(REPO),
         # the simulator is not rate limited unless a test says so: the tests that are about
         # limits clear these (the worker then takes the task's rate_limit block)
         **{
             f"MITRAILLEUSE_{provider}_{limit}": "1000000000"
-            for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
+            for provider in ("OPENAI", "DEEPSEEK", "DEEPL", "ANTHROPIC", "GEMINI")
             for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
         },
     }
@@ -110,7 +115,7 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc
     ) -> WorkerProcess:
         worker = WorkerProcess(
             {**fleet_env, **(env or {})},
-            queues or ["openai", "deepseek", "deepl", "mitrailleuse"],
+            queues or [*provider_queues(), CONTROL_QUEUE],
             concurrency,
             name or f"w{len(started)}-{os.getpid()}-{time.monotonic_ns()}",
             cwd=REPO,

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from mitrailleuse.errors import ConfigError
 from mitrailleuse.providers.base import (
     Answer,
+    BatchFile,
     BatchResult,
     CallResult,
     ErrorKind,
@@ -24,11 +25,13 @@ from mitrailleuse.providers.base import (
     Provider,
     ProviderError,
     QuotaExceeded,
+    RateLimitReport,
 )
 
 __all__ = [
     "BUILTIN_PROVIDERS",
     "Answer",
+    "BatchFile",
     "BatchResult",
     "CallResult",
     "ErrorKind",
@@ -38,6 +41,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "QuotaExceeded",
+    "RateLimitReport",
     "available_providers",
     "provider_class",
 ]

@@ -251,6 +251,10 @@ def _usage(usage: types.GenerateContentResponseUsageMetadata | None) -> dict[str
     return counts
 
 
+#: A batch line's error is a ``google.rpc.Status``: its gRPC code, as the HTTP status a live
+#: call would have had.
+_GRPC_TO_HTTP = {3: 400, 16: 401, 7: 403, 5: 404, 9: 400, 8: 429, 13: 500, 14: 503, 4: 504}
+
 #: Gemini's job states in the shared words.
 _STATUSES: dict[str, BatchStatus] = {
     "JOB_STATE_QUEUED": "in_progress",
@@ -341,10 +345,10 @@ class GeminiBatchAPI(NativeBatchAPI):
         key = entry.get("key")
         if entry.get("error"):
             error = entry["error"]
-            code = error.get("code")
+            status = _GRPC_TO_HTTP.get(error.get("code"))
             message = error.get("message") or "the request failed"
-            kind = f"http_{code}" if isinstance(code, int) else "batch_error"
-            return BatchResult(key, ProviderError(ErrorKind.FATAL, kind, message, code))
+            kind = f"http_{status}" if status else "batch_error"
+            return BatchResult(key, ProviderError(ErrorKind.FATAL, kind, message, status))
         try:
             response = types.GenerateContentResponse.model_validate(entry.get("response") or {})
             return BatchResult(key, self.provider.answer(response))

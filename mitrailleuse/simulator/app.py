@@ -126,6 +126,9 @@ class SimState:
         self.translate_requests = 0
         self.translated_texts = 0
         self.batches_created = 0
+        self.anthropic_batches_created = 0
+        self.gemini_requests = 0
+        self.gemini_batches_created = 0
         self.files_uploaded = 0
         self.deepl_characters = 0
         self.request_window: deque[float] = deque()
@@ -271,6 +274,9 @@ class SimState:
             "translated_texts": self.translated_texts,
             "deepl_character_count": self.deepl_characters,
             "batches_created": self.batches_created,
+            "anthropic_batches_created": self.anthropic_batches_created,
+            "gemini_requests": self.gemini_requests,
+            "gemini_batches_created": self.gemini_batches_created,
             "files_uploaded": self.files_uploaded,
         }
 
@@ -357,7 +363,9 @@ class _Control:
 
 def create_app(settings: SimulatorSettings | None = None) -> web.Application:
     """Build the simulator application (OpenAI chat/files/batches, DeepL, control routes)."""
+    from mitrailleuse.simulator.anthropic_api import AnthropicApi
     from mitrailleuse.simulator.deepl_api import DeepLApi
+    from mitrailleuse.simulator.gemini_api import GeminiApi
     from mitrailleuse.simulator.openai_api import OpenAIApi
 
     state = SimState(settings or SimulatorSettings())
@@ -375,6 +383,8 @@ def create_app(settings: SimulatorSettings | None = None) -> web.Application:
             web.post("/_sim/config", control.set_config),
         ]
     )
+    app.router.add_routes(GeminiApi(state).routes())  # First: shares /v1/files, /v1/batches
     app.router.add_routes(OpenAIApi(state).routes())
     app.router.add_routes(DeepLApi(state).routes())
+    app.router.add_routes(AnthropicApi(state).routes())
     return app

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from mitrailleuse.config import RateLimit
-from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
 from mitrailleuse.providers.anthropic import rate_limits as anthropic_rate_limits
 from mitrailleuse.providers.openai import parse_duration_s, rate_limits
+from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
 from mitrailleuse.ratelimit.limiter import ANNOUNCED_REFRESH_S
 
 pytestmark = pytest.mark.e2e
@@ -73,14 +73,20 @@ def test_tokens_budget_and_correction(limiter_for):
 def test_pause_and_provider_headers(limiter_for):
     limiter = limiter_for(rpm=6000)  # one per 10 ms
     # 3 left for the next 3 s: the next call waits a second, not 10 ms
-    limiter.observe(rate_limits({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "3s"}))
+    limiter.observe(
+        rate_limits({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "3s"})
+    )
     wait = limiter.acquire(0, 10)
     assert not isinstance(wait, Grant) and 0.9 < wait <= 1.0
     plenty = limiter_for(rpm=6000)
-    plenty.observe(rate_limits({"x-ratelimit-remaining-requests": "900", "x-ratelimit-reset-requests": "3s"}))
+    plenty.observe(
+        rate_limits({"x-ratelimit-remaining-requests": "900", "x-ratelimit-reset-requests": "3s"})
+    )
     assert isinstance(plenty.acquire(0, 10), Grant)
     other = limiter_for(rpm=6000)
-    other.observe(rate_limits({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}))
+    other.observe(
+        rate_limits({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
+    )
     wait = other.acquire(0, 10)
     assert not isinstance(wait, Grant) and 1.5 < wait <= 2.0
     paused = limiter_for()
@@ -105,7 +111,9 @@ def test_announced_limits_are_adopted_up_and_down_under_the_tasks_ceiling(redis_
     one, other = (RedisLimiter(client, "test", model, unset) for _ in range(2))
     assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (500, 200_000)
 
-    one.observe(rate_limits({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"}))
+    one.observe(
+        rate_limits({"x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "2000000"})
+    )
     assert (one.limits.requests_per_minute, one.limits.tokens_per_minute) == (2940, 1_960_000)
     assert one.limits.announced == {"requests", "tokens"}
     time.sleep(ANNOUNCED_REFRESH_S)

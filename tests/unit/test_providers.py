@@ -5,9 +5,9 @@ import pytest
 from mitrailleuse.config import TaskConfig, parse_config
 from mitrailleuse.errors import ConfigError
 from mitrailleuse.providers import InvalidItem, provider_class
+from mitrailleuse.providers.chat import retry_after_s
 from mitrailleuse.providers.deepl import DeepLProvider
 from mitrailleuse.providers.deepseek import DeepSeekProvider
-from mitrailleuse.providers.chat import retry_after_s
 from mitrailleuse.providers.openai import OpenAIProvider
 
 
