@@ -1,1 +1,1 @@
-"""OpenAI's native Batch API: batch files, their durable state, submission and polling."""
+"""Native batches (OpenAI, Anthropic, Gemini): batch files, durable state, submission, polling."""

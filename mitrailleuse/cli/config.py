@@ -23,6 +23,8 @@ class ExampleApi(StrEnum):
     openai = "openai"
     deepseek = "deepseek"
     deepl = "deepl"
+    anthropic = "anthropic"
+    gemini = "gemini"
 
 
 def example_config(api: ExampleApi) -> dict[str, Any]:

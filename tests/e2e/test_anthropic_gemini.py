@@ -7,8 +7,10 @@ crash between creating a batch and recording it, and ``mode: auto`` choosing per
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -22,6 +24,7 @@ from mitrailleuse.pipeline.tasks import run_state
 from mitrailleuse.providers import provider_class
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.helpers import new_task, results, write_jsonl
+from tests.e2e.test_cli import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -274,3 +277,31 @@ def test_mode_auto_chooses_per_provider(tmp_path, tasks_dir, sim, start_worker, 
         summary = task.summary()
         assert summary["mode"] == mode and summary["mode_reason"].startswith("mode auto: ")
         assert {r["mode"] for r in results(task)} == {mode}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_run_command_sends_native_batches(provider, tmp_path, sim):
+    """``mitrailleuse run --api-name anthropic|gemini`` in batch mode, on the embedded broker."""
+    sim.configure(batch_duration_s=0.5)
+    write_jsonl(tmp_path / "q.jsonl", [{"input_text": f"by the CLI {n}"} for n in range(30)])
+    config = {provider: {"mode": "batch", "batch": {"batch_check_time": 1}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    env = {
+        "REDIS_URL": "",
+        f"{provider.upper()}_BASE_URL": sim.url,
+        f"{provider.upper()}_API_KEY": "test-cli",
+    }
+    done = cli(
+        "run",
+        *("--api-name", provider, "--input", "q.jsonl", "--config", "config.json"),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"batch mode: mode batch: {provider}'s native batches" in done.stderr
+    records = [json.loads(line) for line in Path(done.stdout.split()[-1]).read_text().splitlines()]
+    assert [r["output"] for r in records] == [
+        expected(json.loads(line)) for line in (tmp_path / "q.jsonl").read_text().splitlines()
+    ]
+    assert {r["mode"] for r in records} == {"batch"}
+    assert batches_created(sim, provider) == 2 and calls(sim, provider) == 0

@@ -31,6 +31,16 @@ DID_YOU_MEAN = "unknown key openai.batchsize (did you mean openai.batch.batch_si
             [{"text": f"Where is station {n}?", "target_lang": "DE"} for n in range(12)],
             lambda sim: {"DEEPL_SERVER_URL": sim.url, "DEEPL_AUTH_KEY": "test-init-deepl"},
         ),
+        (
+            "anthropic",
+            questions(12),
+            lambda sim: {"ANTHROPIC_BASE_URL": sim.url, "ANTHROPIC_API_KEY": "test-init"},
+        ),
+        (
+            "gemini",
+            questions(12),
+            lambda sim: {"GEMINI_BASE_URL": sim.url, "GEMINI_API_KEY": "test-init"},
+        ),
     ],
 )
 def test_the_init_example_runs_plain_items(tmp_path, sim, api, items, env):

@@ -1,4 +1,5 @@
-"""OpenAI's native Batch API end to end: real beat, real worker, the simulator's /v1/batches."""
+"""Native batches end to end on OpenAI's Batch API: real beat, real worker, the simulator's
+/v1/batches (Anthropic's and Gemini's: ``test_anthropic_gemini.py``)."""
 
 from __future__ import annotations
 
