@@ -120,6 +120,10 @@ def bench_env(*simulator_args: str) -> Iterator[Bench]:
             "OPENAI_API_KEY": BENCH_KEY,
             "DEEPL_SERVER_URL": simulator.url,
             "DEEPL_AUTH_KEY": BENCH_KEY,
+            "ANTHROPIC_BASE_URL": simulator.url,
+            "ANTHROPIC_API_KEY": BENCH_KEY,
+            "GEMINI_BASE_URL": simulator.url,
+            "GEMINI_API_KEY": BENCH_KEY,
             "MITRAILLEUSE_TASKS_DIR": str(scratch / "tasks"),
             "PYTHONPATH": str(REPO),
         }

@@ -33,7 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ratelimit": ([], ["--seconds", "12"]),
     "limits": ([], ["--announced-items", "700", "--cookbook-items", "700"]),
     "scale": ([], ["--lines", "50000", "--seconds", "10"]),
-    "native_batch": ([], ["--items", "5000", "--batch-duration-s", "3"]),
+    "native_batch": ([], ["--items", "200", "--batch-duration-s", "2"]),
     "guarantees": ([], ["--items", "60", "--kill-items", "200", "--runs", "3"]),
 }
 #: A bench still running after this long is stopped and reported as failed.
