@@ -171,6 +171,25 @@ def _upload_and_create(
     folder: TaskFolder, number: int, api: NativeBatchAPI, completion_window: str, check_s: float
 ) -> None:
     state = batches.load(folder, number)  # read under the lease: the step another left
+    try:
+        _submit(folder, state, api, completion_window, check_s)
+    except Exception as error:
+        refusal = api.refusal(error)
+        if refusal is None:
+            raise
+        log.error("%s of %s refused: %s", state.name, folder.path, refusal.message)
+        state.step, state.status, state.message = "refused", "failed", refusal.message
+        state.next_check_at = 0.0  # the next poll fails its items
+        batches.save(folder, state)
+
+
+def _submit(
+    folder: TaskFolder,
+    state: batches.BatchState,
+    api: NativeBatchAPI,
+    completion_window: str,
+    check_s: float,
+) -> None:
     if state.step in ("written", "uploading"):
         state.step = "uploading"
         batches.save(folder, state)

@@ -65,6 +65,9 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
     context = context_for(run)
     section = context.config.provider(run.provider)
     api = context.provider.native_batches()
+    if state.step == "refused":
+        refuse(run, folder, state, context.provider)
+        return 1
     if state.step != "created":
         age = time.time() - batches.state_path(folder, number).stat().st_mtime
         if state.step == "written" or age > STALE_SUBMISSION_S:
@@ -106,6 +109,35 @@ def collect(
             write_retry_batch(run, folder, state, missing, sorted(resent))
         else:
             records.update(_missing_after_resend(state, provider, missing, refs))
+    _store(run, folder, state, refs, records, resent)
+
+
+def refuse(run: RunState, folder: TaskFolder, state: batches.BatchState, provider: Any) -> None:
+    """Fail each item of a batch the provider refused for good (a bad request, a bad key).
+
+    At once, with the refusal: not a batch submitted again forever.
+    """
+    refs = _item_refs(folder, state.number)
+    error = {"type": "batch_refused", "message": state.message, "status_code": None}
+    records = {
+        item_id: failed(ref, provider.name, provider.model, error, 1, mode="batch")
+        for item_id, ref in refs.items()
+    }
+    _store(run, folder, state, refs, records, set())
+
+
+def _store(
+    run: RunState,
+    folder: TaskFolder,
+    state: batches.BatchState,
+    refs: dict[str, ItemRef],
+    records: dict[str, dict[str, Any]],
+    resent: set[int],
+) -> None:
+    """Store a batch's records by chunk, write its chunks, take it off beat's list.
+
+    A chunk with items resent in a new batch is not final yet.
+    """
     by_chunk: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for item_id, record in records.items():
         ordinal = refs[item_id].ordinal

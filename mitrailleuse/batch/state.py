@@ -21,7 +21,9 @@ from mitrailleuse.providers.base import FINAL_STATUSES, BatchFile, BatchStatus
 from mitrailleuse.taskfolder import TaskFolder
 
 #: Our side of a batch's life; ``status`` is the provider's side, ``raw_status`` its own word.
-Step = Literal["written", "uploading", "uploaded", "creating", "created", "collected", "failed"]
+Step = Literal[
+    "written", "uploading", "uploaded", "creating", "created", "refused", "collected", "failed"
+]
 
 
 class BatchState(BaseModel):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urljoin
 
 import anthropic
 import orjson
@@ -245,6 +246,7 @@ class AnthropicBatchAPI(NativeBatchAPI):
     must match ``^[a-zA-Z0-9_-]{1,64}$``: an item's is ``item-<ordinal>`` (unique in a run).
     """
 
+    sdk_errors = (anthropic.APIError,)
     max_requests = 100_000
     max_bytes = 256 * 1024 * 1024
     #: How many of the account's batches are searched for one created before a crash.
@@ -292,10 +294,15 @@ class AnthropicBatchAPI(NativeBatchAPI):
         return _native(self.client.messages.batches.retrieve(batch_id).model_dump(mode="json"))
 
     def download(self, file_id: str) -> bytes:
-        """The ended batch's result lines, from its ``results_url``."""
+        """The ended batch's result lines, from its ``results_url``.
+
+        The API gives an absolute URL; a relative one (``/v1/...``, as some gateways and mocks
+        give) is resolved against the endpoint's origin, as a browser would, not appended to
+        its path as the SDK's ``results()`` does.
+        """
         batch = self.client.messages.batches.retrieve(file_id)
         raw = self.client.get(
-            batch.results_url or "",
+            urljoin(str(self.client.base_url), batch.results_url or ""),
             cast_to=_http.Response,
             options={"headers": {"Accept": "application/binary"}},
         )

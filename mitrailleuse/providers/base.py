@@ -186,6 +186,20 @@ class NativeBatchAPI(ABC):
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
 
+    #: The errors of the provider's SDK (``refusal`` sorts them with the provider's classify).
+    sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    provider: Any
+
+    def refusal(self, error: BaseException) -> ProviderError | None:
+        """The provider's refusal of a batch for good (a bad request, a bad key, no quota).
+
+        None for any other error: it is tried again; a refused batch fails its items.
+        """
+        if not isinstance(error, self.sdk_errors):
+            return None
+        sorted_error = self.provider.classify(error)
+        return sorted_error if sorted_error.kind in (ErrorKind.FATAL, ErrorKind.QUOTA) else None
+
     def custom_id(self, item_id: str, ordinal: int) -> str:
         """The id a request line carries, and its result comes back with (unique in a run)."""
         return item_id

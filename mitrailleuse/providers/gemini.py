@@ -276,6 +276,7 @@ class GeminiBatchAPI(NativeBatchAPI):
     job is found again by that name. An expired job has no results: its items are re-sent.
     """
 
+    sdk_errors = (errors.APIError,)
     max_requests = 100_000
     max_bytes = 2 * 1000 * 1000 * 1000
     #: How many of the account's jobs are searched for one created before a crash.

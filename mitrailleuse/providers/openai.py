@@ -227,6 +227,7 @@ class OpenAIProvider(ChatProvider):
 class OpenAIBatchAPI(NativeBatchAPI):
     """OpenAI's Batch API (``/v1/files``, ``/v1/batches``): chat completions at half price."""
 
+    sdk_errors = (openai.APIError,)
     max_requests = 50_000
     max_bytes = 200 * 1024 * 1024
     #: The endpoint every request line targets.

@@ -305,3 +305,21 @@ def test_the_run_command_sends_native_batches(provider, tmp_path, sim):
     ]
     assert {r["mode"] for r in records} == {"batch"}
     assert batches_created(sim, provider) == 2 and calls(sim, provider) == 0
+
+
+def test_a_batch_refused_for_good_fails_its_items_at_once(
+    tmp_path, tasks_dir, sim, start_worker, start_beat
+):
+    """A bad key: the provider refuses the batch; its items fail with why, the run ends."""
+    start_worker(queues=["mitrailleuse"], env={"GEMINI_API_KEY": "invalid-key"})
+    start_beat()
+    rows = [{"input_text": f"refused {n}"} for n in range(30)]
+    m, task = new_task(tmp_path, rows, batch_config("gemini"), "gemini")
+    progress = m.submit(task).wait(timeout=60)
+
+    assert progress.state == "completed" and progress.failed == 30
+    errors = {(r["error"]["type"], r["attempts"]) for r in results(task)}
+    assert errors == {("batch_refused", 1)}
+    assert "API key not valid" in results(task)[0]["error"]["message"]
+    assert batches_created(sim, "gemini") == 0
+    assert {s.step for s in all_states(task)} == {"collected"}
