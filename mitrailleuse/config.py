@@ -168,22 +168,28 @@ class ChatProviderConfig(ProviderSection):
         return value
 
 
-class AnthropicConfig(ChatProviderConfig):
-    """Anthropic's Messages API: ``max_tokens`` is required there, so it has a default here."""
+class AnthropicApiInformation(ApiInformation):
+    """Anthropic's default model; ``max_tokens``, required there, defaults to 1024."""
 
-    api_information: ApiInformation = Field(
-        default_factory=lambda: ApiInformation(
-            model="claude-haiku-4-5", setting=ChatSettings(max_tokens=1024)
-        )
-    )
+    model: str = "claude-haiku-4-5"
+
+
+class AnthropicConfig(ChatProviderConfig):
+    """Anthropic's Messages API."""
+
+    api_information: AnthropicApiInformation = Field(default_factory=AnthropicApiInformation)
+
+
+class GeminiApiInformation(ApiInformation):
+    """Gemini's default model; ``setting`` takes OpenAI's names or Gemini's own."""
+
+    model: str = "gemini-2.5-flash"
 
 
 class GeminiConfig(ChatProviderConfig):
-    """Gemini's ``generateContent``; ``setting`` takes OpenAI's names or Gemini's own."""
+    """Gemini's ``generateContent``."""
 
-    api_information: ApiInformation = Field(
-        default_factory=lambda: ApiInformation(model="gemini-2.5-flash")
-    )
+    api_information: GeminiApiInformation = Field(default_factory=GeminiApiInformation)
 
 
 class DeepLConfig(ProviderSection):

@@ -101,6 +101,8 @@ class AnthropicProvider(ChatProvider):
     key_variables = ("ANTHROPIC_API_KEY",)
     supports_native_batch = True
     base_url_variable = "ANTHROPIC_BASE_URL"
+    #: ``max_tokens`` is required by the API: sent as this when the settings give none.
+    default_completion_tokens = 1024
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None

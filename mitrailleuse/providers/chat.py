@@ -24,9 +24,6 @@ import orjson
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import ErrorKind, InvalidItem, Provider, ProviderError
 
-#: The completion budget of a call whose settings give none.
-DEFAULT_COMPLETION_TOKENS = 256
-
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The wait a response asks for: ``retry-after-ms``, else ``retry-after`` (seconds or date)."""
@@ -100,6 +97,8 @@ class ChatProvider(Provider):
     #: Environment variable for the endpoint, and the endpoint when it is unset.
     base_url_variable: ClassVar[str]
     default_base_url: ClassVar[str | None] = None
+    #: The completion budget of a call whose settings give none.
+    default_completion_tokens: ClassVar[int] = 256
 
     @classmethod
     def base_url(cls, config: Any) -> str | None:
@@ -131,7 +130,7 @@ class ChatProvider(Provider):
         """The most tokens one answer may use, from the settings (the provider's own name first)."""
         setting = self.config.api_information.setting
         given = setting.max_completion_tokens or setting.max_tokens
-        return int(given or DEFAULT_COMPLETION_TOKENS)
+        return int(given or self.default_completion_tokens)
 
     def estimate_tokens(self, payloads: Sequence[dict[str, Any]]) -> int:
         """Prompt characters / 4 (no tokenizer files here) plus the completion budget.

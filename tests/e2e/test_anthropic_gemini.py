@@ -19,11 +19,13 @@ from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.batch.create import upload_and_create
 from mitrailleuse.batch.poll import STALE_SUBMISSION_S, poll_all
 from mitrailleuse.batch.state import all_states, state_path
+from mitrailleuse.config import load_config
 from mitrailleuse.pipeline.feeder import Slice, feed_slice
 from mitrailleuse.pipeline.tasks import run_state
 from mitrailleuse.providers import provider_class
 from mitrailleuse.simulator import chat_answer
-from tests.e2e.helpers import new_task, results, write_jsonl
+from mitrailleuse.taskfolder import write_json
+from tests.e2e.helpers import new_task, questions, results, write_jsonl
 from tests.e2e.test_cli import cli
 
 pytestmark = pytest.mark.e2e
@@ -323,3 +325,38 @@ def test_a_batch_refused_for_good_fails_its_items_at_once(
     assert "API key not valid" in results(task)[0]["error"]["message"]
     assert batches_created(sim, "gemini") == 0
     assert {s.step for s in all_states(task)} == {"collected"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_cache_and_cost_limit_together(provider, tmp_path, tasks_dir, sim, start_worker):
+    """At temperature 0 a repeated request is answered once; a cost limit stops the run, a
+    higher one finishes it; a second run is answered from the cache, with no call."""
+    start_worker(queues=[provider, "mitrailleuse"])
+    rows = questions(60, prefix=f"{provider}-{time.time_ns()}")
+    for n in range(2, 60, 3):
+        rows[n] = rows[n - 2]  # every third item repeats an earlier one
+    distinct = len({row["input_text"] for row in rows})
+    setting = {"temperature": 0, "max_tokens": 20}
+    config: dict = {provider: {"api_information": {"setting": setting}}, "general": {}}
+    probe, probe_task = new_task(tmp_path, rows[:1], config, provider, name="probe")
+    probe.submit(probe_task).wait(timeout=60)
+    one_call = results(probe_task)[0]["cost_usd"]
+    sim.reset()
+    config["general"]["cost_limit_usd"] = 0.5 * distinct * one_call
+
+    m, task = new_task(tmp_path, rows, config, provider)
+    stopped = m.submit(task).wait(timeout=120)
+    assert stopped.state == "stopped_budget", stopped
+    assert stopped.spent_usd <= config["general"]["cost_limit_usd"]
+    raised = load_config(task.config_path)
+    raised.general.cost_limit_usd = 100.0
+    write_json(task.config_path, raised.model_dump(mode="json"))
+    progress = m.submit(task).wait(timeout=120)
+    assert progress.state == "completed" and progress.succeeded == 60, progress
+    assert [r["output"] for r in results(task)] == [expected(row) for row in rows]
+    assert calls(sim, provider) == distinct - 1  # the probe's answer came from the cache
+
+    again, again_task = new_task(tmp_path, rows, config, provider, name="again")
+    repeat = again.submit(again_task).wait(timeout=120)
+    assert repeat.state == "completed" and repeat.cached == 60
+    assert calls(sim, provider) == distinct - 1

@@ -272,3 +272,11 @@ def test_the_reference_marks_exactly_the_settings_without_effect():
             ancestry = [dotted[: i.start()] for i in re.finditer(r"\.|$", dotted)]
             expected = any(fnmatch(part, key) for part in ancestry for key in WITHOUT_EFFECT)
             assert ("**No effect**" in rows[name][2]) == expected, dotted
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"), [("anthropic", "claude-haiku-4-5"), ("gemini", "gemini-2.5-flash")]
+)
+def test_a_section_giving_only_settings_keeps_its_providers_default_model(provider, model):
+    config = parse_config({provider: {"api_information": {"setting": {"temperature": 0}}}})
+    assert config.provider(provider).api_information.model == model
