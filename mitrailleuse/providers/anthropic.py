@@ -18,7 +18,7 @@ is too low) halts the run's Anthropic items: asking again cannot help until some
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin
@@ -36,7 +36,6 @@ from mitrailleuse.providers.base import (
     BatchResult,
     BatchStatus,
     Budget,
-    CallResult,
     ErrorKind,
     NativeBatch,
     NativeBatchAPI,
@@ -46,9 +45,8 @@ from mitrailleuse.providers.base import (
     header_int,
 )
 from mitrailleuse.providers.chat import (
-    ChatProvider,
+    PostingChatProvider,
     http_module,
-    proxied_client,
     refused,
     retry_after_s,
     split_system,
@@ -57,7 +55,6 @@ from mitrailleuse.providers.chat import (
 _http = http_module(anthropic.DefaultHttpxClient)
 #: The request path of a message, under the client's base URL.
 MESSAGES_PATH = "/v1/messages"
-_JSON = {"Content-Type": "application/json"}
 #: OpenAI's names of settings Anthropic calls otherwise.
 _RENAMED = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
 #: Words of a refusal that only money ends: a spend limit reached, a credit balance too low.
@@ -93,7 +90,7 @@ def rate_limits(headers: Mapping[str, str]) -> RateLimitReport:
     return RateLimitReport(budget("requests"), budget("tokens", "input-tokens"))
 
 
-class AnthropicProvider(ChatProvider):
+class AnthropicProvider(PostingChatProvider):
     """Anthropic's Messages API."""
 
     name = "anthropic"
@@ -103,6 +100,12 @@ class AnthropicProvider(ChatProvider):
     base_url_variable = "ANTHROPIC_BASE_URL"
     #: ``max_tokens`` is required by the API: sent as this when the settings give none.
     default_completion_tokens = 1024
+    client_class = anthropic.Anthropic
+    async_client_class = anthropic.AsyncAnthropic
+    http_client_class = anthropic.DefaultHttpxClient
+    aiohttp_client_class = anthropic.DefaultAioHttpClient
+    sdk_error = anthropic.APIError
+    path = MESSAGES_PATH
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -111,16 +114,6 @@ class AnthropicProvider(ChatProvider):
         settings = config.api_information.setting.request_fields()
         self.settings = {_RENAMED.get(key, key): value for key, value in settings.items()}
         self.settings.setdefault("max_tokens", self.completion_tokens())
-        self.client = anthropic.Anthropic(
-            api_key=api_key or "missing",
-            base_url=self.base_url(config),
-            max_retries=0,
-            timeout=config.timeout_s,
-            http_client=proxied_client(anthropic.DefaultHttpxClient, proxies) if proxies else None,
-        )
-        #: Made on the call loop at its first call (an aiohttp session belongs to its loop).
-        self._async_client: anthropic.AsyncAnthropic | None = None
-        self.async_calls = not proxies  # proxies are mounted on the blocking client only
 
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """``model``, the settings, ``system`` (when there is one) and the other messages."""
@@ -129,44 +122,6 @@ class AnthropicProvider(ChatProvider):
         if system:
             body["system"] = system
         return body
-
-    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
-        """One message per call: ``payloads`` holds exactly one payload."""
-        arguments = self._post_arguments(payloads, timeout_s)
-        try:
-            raw = self.client.post(MESSAGES_PATH, **arguments)
-        except anthropic.APIError as error:
-            raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
-
-    async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
-        """:meth:`send` through ``AsyncAnthropic`` on aiohttp."""
-        arguments = self._post_arguments(payloads, timeout_s)
-        if self._async_client is None:
-            self._async_client = anthropic.AsyncAnthropic(
-                api_key=self.api_key,
-                base_url=self.base_url(self.config),
-                max_retries=0,
-                timeout=self.config.timeout_s,
-                http_client=anthropic.DefaultAioHttpClient(),
-            )
-        try:
-            raw = await self._async_client.post(MESSAGES_PATH, **arguments)
-        except anthropic.APIError as error:
-            raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
-
-    def _post_arguments(
-        self, payloads: Sequence[dict[str, Any]], timeout_s: float
-    ) -> dict[str, Any]:
-        """The raw ``post`` of the one payload: its body serialized once, headers kept."""
-        self.require_key()
-        (payload,) = payloads
-        return {
-            "cast_to": _http.Response,
-            "content": orjson.dumps(self.request_body(payload)),
-            "options": {"timeout": timeout_s, "headers": _JSON},
-        }
 
     @staticmethod
     def parse(content: bytes, status_code: int = 200) -> Answer:
@@ -210,18 +165,13 @@ class AnthropicProvider(ChatProvider):
         kind = ErrorKind.FATAL if status in PERMANENT_STATUS else ErrorKind.RETRY
         return ProviderError(kind, f"http_{status}", message, status, wait)
 
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitReport:
+        """Anthropic's ``anthropic-ratelimit-*`` headers."""
+        return rate_limits(headers)
+
     def native_batches(self) -> AnthropicBatchAPI:
         """Message Batches, through the same client."""
         return AnthropicBatchAPI(self)
-
-    def close(self) -> None:
-        """Close the SDK's connection pool."""
-        self.client.close()
-
-    async def aclose(self) -> None:
-        """Close the async client's aiohttp session."""
-        if self._async_client is not None:
-            await self._async_client.close()
 
 
 def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
@@ -253,10 +203,6 @@ class AnthropicBatchAPI(NativeBatchAPI):
     max_bytes = 256 * 1024 * 1024
     #: How many of the account's batches are searched for one created before a crash.
     lookup_limit = 1000
-
-    def __init__(self, provider: AnthropicProvider) -> None:
-        self.provider = provider
-        self.client = provider.client
 
     def custom_id(self, item_id: str, ordinal: int) -> str:
         """``item-<ordinal>``: item ids (``file.jsonl:17``) are not allowed here."""

@@ -188,7 +188,11 @@ class NativeBatchAPI(ABC):
 
     #: The errors of the provider's SDK (``refusal`` sorts them with the provider's classify).
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
-    provider: Any
+
+    def __init__(self, provider: Any) -> None:
+        #: The provider whose client, request bodies and answers the batches use.
+        self.provider = provider
+        self.client = provider.client
 
     def refusal(self, error: BaseException) -> ProviderError | None:
         """The provider's refusal of a batch for good (a bad request, a bad key, no quota).

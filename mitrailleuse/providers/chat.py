@@ -22,7 +22,17 @@ import aiohttp
 import orjson
 
 from mitrailleuse.inputs import get_field
-from mitrailleuse.providers.base import ErrorKind, InvalidItem, Provider, ProviderError
+from mitrailleuse.providers.base import (
+    Answer,
+    CallResult,
+    ErrorKind,
+    InvalidItem,
+    Provider,
+    ProviderError,
+    RateLimitReport,
+)
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -166,3 +176,99 @@ class ChatProvider(Provider):
                 "missing_api_key",
                 f"no API key for {self.name}: set {self.key_variables[0]} where the workers run",
             )
+
+
+class PostingChatProvider(ChatProvider):
+    """A chat API called through its SDK's raw ``post``: OpenAI's and Anthropic's SDKs.
+
+    ``post`` is the SDK's documented way to a raw endpoint: its key, base URL, headers and
+    errors, without the typed ``create``'s walk through its parameters (the costliest part of
+    a call, about 0.7 ms of CPU each) for a body that is already plain JSON, serialized here by
+    orjson. The raw response keeps the rate-limit headers. The SDK's retries are off
+    (``max_retries=0``): the pipeline owns retries and rate limits.
+    """
+
+    #: The SDK's blocking and async clients, their default HTTP clients, and its base error.
+    client_class: ClassVar[type]
+    async_client_class: ClassVar[type]
+    http_client_class: ClassVar[type]
+    aiohttp_client_class: ClassVar[type]
+    sdk_error: ClassVar[type[Exception]]
+    #: The request path of a call, under the client's base URL.
+    path: ClassVar[str]
+
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
+        self.client = self.client_class(
+            api_key=api_key or "missing",
+            base_url=self.base_url(config),
+            max_retries=0,
+            timeout=config.timeout_s,
+            http_client=proxied_client(self.http_client_class, proxies) if proxies else None,
+        )
+        self._response = http_module(self.http_client_class).Response
+        #: Made on the call loop at its first call (an aiohttp session belongs to its loop).
+        self._async_client: Any = None
+        self.async_calls = not proxies  # proxies are mounted on the blocking client only
+
+    @staticmethod
+    @abstractmethod
+    def parse(content: bytes, status_code: int = 200) -> Answer:
+        """Read the answer out of a response body; a malformed 200 is retryable."""
+
+    @abstractmethod
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitReport:
+        """What the response's headers said of the rate limits."""
+
+    @abstractmethod
+    def classify(self, error: Any) -> ProviderError:
+        """Sort an SDK error into retry, rate-limited, fatal or quota."""
+
+    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """One call per payload: ``payloads`` holds exactly one."""
+        arguments = self._post_arguments(payloads, timeout_s)
+        try:
+            raw = self.client.post(self.path, **arguments)
+        except self.sdk_error as error:
+            raise self.classify(error) from None
+        return CallResult([self.parse(raw.content, raw.status_code)], self.rate_limits(raw.headers))
+
+    async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
+        """:meth:`send` through the SDK's async client on aiohttp, its cheapest transport."""
+        arguments = self._post_arguments(payloads, timeout_s)
+        if self._async_client is None:
+            self._async_client = self.async_client_class(
+                api_key=self.api_key,
+                base_url=self.base_url(self.config),
+                max_retries=0,
+                timeout=self.config.timeout_s,
+                http_client=self.aiohttp_client_class(),
+            )
+        try:
+            raw = await self._async_client.post(self.path, **arguments)
+        except self.sdk_error as error:
+            raise self.classify(error) from None
+        return CallResult([self.parse(raw.content, raw.status_code)], self.rate_limits(raw.headers))
+
+    def _post_arguments(
+        self, payloads: Sequence[dict[str, Any]], timeout_s: float
+    ) -> dict[str, Any]:
+        """What the client's ``post`` is given for the one payload of a call."""
+        self.require_key()
+        (payload,) = payloads
+        return {
+            "cast_to": self._response,
+            "content": orjson.dumps(self.request_body(payload)),
+            "options": {"timeout": timeout_s, "headers": _JSON},
+        }
+
+    def close(self) -> None:
+        """Close the SDK's connection pool."""
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client's aiohttp session."""
+        if self._async_client is not None:
+            await self._async_client.close()

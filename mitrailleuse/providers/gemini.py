@@ -282,10 +282,6 @@ class GeminiBatchAPI(NativeBatchAPI):
     #: How many of the account's jobs are searched for one created before a crash.
     lookup_limit = 1000
 
-    def __init__(self, provider: GeminiProvider) -> None:
-        self.provider = provider
-        self.client = provider.client
-
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """``{"key", "request"}``, the request a live call would send (less the model)."""
         request = self.provider.request_body(payload)

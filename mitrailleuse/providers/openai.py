@@ -16,7 +16,7 @@ Responses are read raw (headers kept for the rate limiter) and parsed with orjso
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import openai
@@ -32,7 +32,6 @@ from mitrailleuse.providers.base import (
     BatchResult,
     BatchStatus,
     Budget,
-    CallResult,
     ErrorKind,
     NativeBatch,
     NativeBatchAPI,
@@ -41,9 +40,7 @@ from mitrailleuse.providers.base import (
     header_int,
 )
 from mitrailleuse.providers.chat import (
-    ChatProvider,
-    http_module,
-    proxied_client,
+    PostingChatProvider,
     refused,
     retry_after_s,
 )
@@ -77,14 +74,11 @@ def rate_limits(headers: Mapping[str, str]) -> RateLimitReport:
     return RateLimitReport(budget("requests"), budget("tokens"))
 
 
-#: The HTTP library the SDK is built on: ``httpx``, or its ``httpx2`` fork from openai 3 on.
-_http = http_module(openai.DefaultHttpxClient)
 #: The request path of a chat completion, under the client's base URL.
 CHAT_PATH = "/chat/completions"
-_JSON = {"Content-Type": "application/json"}
 
 
-class OpenAIProvider(ChatProvider):
+class OpenAIProvider(PostingChatProvider):
     """OpenAI's chat completions API."""
 
     name = "openai"
@@ -92,22 +86,18 @@ class OpenAIProvider(ChatProvider):
     key_variables = ("OPENAI_API_KEY",)
     supports_native_batch = True
     base_url_variable = "OPENAI_BASE_URL"
+    client_class = openai.OpenAI
+    async_client_class = openai.AsyncOpenAI
+    http_client_class = openai.DefaultHttpxClient
+    aiohttp_client_class = openai.DefaultAioHttpClient
+    sdk_error = openai.APIError
+    path = CHAT_PATH
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(config, api_key, proxies)
         self.settings = config.api_information.setting.request_fields()
-        self.client = openai.OpenAI(
-            api_key=api_key or "missing",
-            base_url=self.base_url(config),
-            max_retries=0,
-            timeout=config.timeout_s,
-            http_client=proxied_client(openai.DefaultHttpxClient, proxies) if proxies else None,
-        )
-        #: Made on the call loop at its first call (an aiohttp session belongs to its loop).
-        self._async_client: openai.AsyncOpenAI | None = None
-        self.async_calls = not proxies  # proxies are mounted on the blocking client only
 
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The full JSON body for a payload, as the live call and a batch line send it."""
@@ -115,50 +105,6 @@ class OpenAIProvider(ChatProvider):
             "model": self.model,
             **self.settings,
             "messages": payload["messages"],
-        }
-
-    def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
-        """One chat completion per call: ``payloads`` holds exactly one payload."""
-        arguments = self._post_arguments(payloads, timeout_s)
-        try:
-            raw = self.client.post(CHAT_PATH, **arguments)
-        except openai.APIError as error:
-            raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
-
-    async def send_async(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
-        """:meth:`send` through ``AsyncOpenAI`` on aiohttp, the SDK's cheapest transport."""
-        arguments = self._post_arguments(payloads, timeout_s)
-        if self._async_client is None:
-            self._async_client = openai.AsyncOpenAI(
-                api_key=self.api_key,
-                base_url=self.base_url(self.config),
-                max_retries=0,
-                timeout=self.config.timeout_s,
-                http_client=openai.DefaultAioHttpClient(),
-            )
-        try:
-            raw = await self._async_client.post(CHAT_PATH, **arguments)
-        except openai.APIError as error:
-            raise self.classify(error) from None
-        return CallResult([self.parse(raw.content, raw.status_code)], rate_limits(raw.headers))
-
-    def _post_arguments(
-        self, payloads: Sequence[dict[str, Any]], timeout_s: float
-    ) -> dict[str, Any]:
-        """What the client's ``post`` is given for the one payload of a call.
-
-        ``post`` is the SDK's documented way to a raw endpoint: its key, base URL, headers and
-        errors, without ``chat.completions.create``'s walk through its typed parameters (the
-        costliest part of a call, about 0.7 ms of CPU each) for a body that is already plain
-        JSON, serialized here by orjson. The raw response keeps the rate-limit headers.
-        """
-        self.require_key()
-        (payload,) = payloads
-        return {
-            "cast_to": _http.Response,
-            "content": orjson.dumps(self.request_body(payload)),
-            "options": {"timeout": timeout_s, "headers": _JSON},
         }
 
     @staticmethod
@@ -210,18 +156,13 @@ class OpenAIProvider(ChatProvider):
             return ProviderError(kind, f"http_{status}", message, status, retry_after_s(headers))
         return ProviderError(ErrorKind.RETRY, "invalid_response", message)
 
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitReport:
+        """OpenAI's ``x-ratelimit-*`` headers."""
+        return rate_limits(headers)
+
     def native_batches(self) -> OpenAIBatchAPI:
         """The Batch API, through the same client."""
         return OpenAIBatchAPI(self)
-
-    def close(self) -> None:
-        """Close the SDK's connection pool."""
-        self.client.close()
-
-    async def aclose(self) -> None:
-        """Close the async client's aiohttp session."""
-        if self._async_client is not None:
-            await self._async_client.close()
 
 
 class OpenAIBatchAPI(NativeBatchAPI):
@@ -234,10 +175,6 @@ class OpenAIBatchAPI(NativeBatchAPI):
     endpoint = "/v1/chat/completions"
     #: How many of the account's batches are searched for one created before a crash.
     lookup_limit = 1000
-
-    def __init__(self, provider: OpenAIProvider) -> None:
-        self.provider = provider
-        self.client = provider.client
 
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """``{"custom_id", "method", "url", "body"}``: the body a live call would send."""
