@@ -30,7 +30,6 @@ Choices where the real API gives no exact model to copy:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import re
@@ -43,8 +42,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mitrailleuse.simulator.app import WINDOW_S, Admission, SimState, parse_markers, retry_headers
-from mitrailleuse.simulator.openai_api import _HTML_502, _answer, _bearer_ok, _scan
+from mitrailleuse.simulator.app import (
+    WINDOW_S,
+    Admission,
+    SimState,
+    batch_line_markers,
+    parse_markers,
+    retry_headers,
+)
+from mitrailleuse.simulator.openai_api import _answer, _bearer_ok, _scan
 
 MESSAGES_PATH = "/v1/messages"
 BATCHES_PATH = "/v1/messages/batches"
@@ -375,24 +381,8 @@ class AnthropicApi:
         if "spend-limit" in markers:
             details = {"error_code": SPEND_LIMIT_CODE}
             return self._error(429, _spend_limit_message(), headers, details)
-        if "hang" in markers:
-            await asyncio.sleep(state.settings.hang_s)
-        if "garbage" in markers:
-            return web.Response(
-                body=b"<<this is not JSON>>", headers=headers, content_type="application/json"
-            )
-        if "truncated" in markers:
-            full = orjson.dumps(message_object("msg_truncated", "truncated", "echo", 1, "standard"))
-            return web.Response(
-                body=full[: len(full) // 2], headers=headers, content_type="application/json"
-            )
-        if "html" in markers:
-            return web.Response(
-                body=_HTML_502, status=502, headers=headers, content_type="text/html"
-            )
-        if "empty" in markers:
-            return web.Response(body=b"", headers=headers, content_type="application/json")
-        return None
+        full = orjson.dumps(message_object("msg_truncated", "truncated", "echo", 1, "standard"))
+        return await state.body_fault(markers, full, headers)
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -403,14 +393,11 @@ class AnthropicApi:
             return _Request(custom_id, error=(400, problem)), False
         system, user, input_tokens = read_params(params)
         item = _Request(custom_id, params["model"], _answer(system, user), input_tokens)
-        markers = parse_markers(user)
-        if markers is None:
-            return item, False
-        code = markers.get("status")
-        if code is not None and code >= 300:
-            item.error = (code, _marker_message(code))
-        item.missing = "batch-missing" in markers
-        return item, "batch-expire" in markers
+        outcome, expires = batch_line_markers(user)
+        if outcome > 0:
+            item.error = (outcome, _marker_message(outcome))
+        item.missing = outcome < 0
+        return item, expires
 
     async def create_batch(self, request: web.Request) -> web.Response:
         """Create a Message Batch (``POST /v1/messages/batches``); it ends as it ages."""

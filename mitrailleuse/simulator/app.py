@@ -34,6 +34,13 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 _MARKER_RE = re.compile(r"\[\[([a-z-]+)(?::(\d{3}))?\]\]")
 
+HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+"""The page a ``[[html]]`` fault answers with (a proxy's 502), unless an API has its own."""
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -49,6 +56,25 @@ def parse_markers(text: str) -> dict[str, int | None] | None:
         code = match.group(2)
         found.setdefault(match.group(1), int(code) if code else None)
     return found or None
+
+
+def batch_line_markers(text: str) -> tuple[int, bool]:
+    """Read the batch markers of one request of a batch: ``(outcome, expires)``.
+
+    The outcome is the status of ``[[status:N]]`` (N >= 300: the request fails), -1 for
+    ``[[batch-missing]]`` (it succeeds but is left out of the results), else 0; ``expires`` says
+    ``[[batch-expire]]`` makes the whole batch expire.
+    """
+    markers = parse_markers(text)
+    if markers is None:
+        return 0, False
+    outcome = 0
+    code = markers.get("status")
+    if code is not None and code >= 300:
+        outcome = code
+    elif "batch-missing" in markers:
+        outcome = -1
+    return outcome, "batch-expire" in markers
 
 
 def json_response(
@@ -237,6 +263,38 @@ class SimState:
             self.attempts[key] = attempt
             if attempt == 1:
                 return code
+        return None
+
+    async def body_fault(
+        self,
+        markers: dict[str, int | None],
+        full_body: bytes,
+        headers: dict[str, str] | None = None,
+        html: bytes = HTML_502,
+    ) -> web.Response | None:
+        """Apply the faults of a broken answer body; ``None`` means answer normally.
+
+        ``[[hang]]`` sleeps ``hang_s`` first (and the request carries on); ``[[garbage]]``
+        answers 200 with a body that is not JSON, ``[[truncated]]`` the first half of
+        ``full_body`` (the valid body the API would send), ``[[html]]`` a 502 ``html`` page and
+        ``[[empty]]`` 200 with no body.
+        """
+        if "hang" in markers:
+            await asyncio.sleep(self.settings.hang_s)
+        if "garbage" in markers:
+            return web.Response(
+                body=b"<<this is not JSON>>", headers=headers, content_type="application/json"
+            )
+        if "truncated" in markers:
+            return web.Response(
+                body=full_body[: len(full_body) // 2],
+                headers=headers,
+                content_type="application/json",
+            )
+        if "html" in markers:
+            return web.Response(body=html, status=502, headers=headers, content_type="text/html")
+        if "empty" in markers:
+            return web.Response(body=b"", headers=headers, content_type="application/json")
         return None
 
     def active_markers(

@@ -7,7 +7,6 @@ with ``text`` repeated, so both bodies are accepted.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from http import HTTPStatus
 from typing import Any
@@ -25,6 +24,8 @@ DEFAULT_CHARACTER_LIMIT = 1_000_000_000
 QUOTA_EXCEEDED = 456
 
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
+_FULL_BODY = b'{"translations": [{"detected_source_language": "EN", "text": "[DE] hello"}]}'
+"""A valid answer; ``[[truncated]]`` sends its first half."""
 
 
 def translation_of(text: str, target_lang: str) -> str:
@@ -179,16 +180,4 @@ class DeepLApi:
         status = self.state.fault_status("deepl", text, markers)
         if status is not None:
             return deepl_error(status, headers=retry_headers(1.0) if status == 429 else None)
-        if "hang" in markers:
-            await asyncio.sleep(self.state.settings.hang_s)
-        if "garbage" in markers:
-            return web.Response(body=b"<<this is not JSON>>", content_type="application/json")
-        if "truncated" in markers:
-            return web.Response(
-                body=b'{"translations": [{"detected_source_la', content_type="application/json"
-            )
-        if "html" in markers:
-            return web.Response(body=_HTML_502, status=502, content_type="text/html")
-        if "empty" in markers:
-            return web.Response(body=b"", content_type="application/json")
-        return None
+        return await self.state.body_fault(markers, _FULL_BODY, html=_HTML_502)

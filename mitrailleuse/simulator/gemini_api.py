@@ -28,7 +28,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mitrailleuse.simulator.app import Handler, SimState, json_response, parse_markers
+from mitrailleuse.simulator.app import (
+    Handler,
+    SimState,
+    batch_line_markers,
+    json_response,
+    parse_markers,
+)
 from mitrailleuse.simulator.openai_api import _answer
 
 API_VERSIONS = ("v1", "v1beta")
@@ -404,15 +410,8 @@ class _Batch:
 
     def add(self, carried: dict[str, Any], system: str | None, user: str, tokens: int) -> None:
         """Append a validated request, reading its batch markers."""
-        outcome = 0
-        markers = parse_markers(user)
-        if markers is not None:
-            code = markers.get("status")
-            if code is not None and code >= 300:
-                outcome = code
-            elif "batch-missing" in markers:
-                outcome = -1
-            self.expire = self.expire or "batch-expire" in markers
+        outcome, expires = batch_line_markers(user)
+        self.expire = self.expire or expires
         self.lines.append(_Line(carried, system, user, tokens, outcome))
 
     def seal(self) -> None:
@@ -535,18 +534,8 @@ class GeminiApi:
             return _quota_error(_REQUESTS_PER_DAY, DAILY_REQUEST_LIMIT, model, QUOTA_DAY_RETRY_S)
         if "overloaded" in markers:
             return google_error(503, "The model is overloaded. Please try again later.")
-        if "hang" in markers:
-            await asyncio.sleep(state.settings.hang_s)
-        if "garbage" in markers:
-            return web.Response(body=b"<<this is not JSON>>", content_type="application/json")
-        if "truncated" in markers:
-            full = orjson.dumps(generate_content_response(model, "echo", 1, "truncated"))
-            return web.Response(body=full[: len(full) // 2], content_type="application/json")
-        if "html" in markers:
-            return web.Response(body=_HTML_502, status=502, content_type="text/html")
-        if "empty" in markers:
-            return web.Response(body=b"", content_type="application/json")
-        return None
+        full = orjson.dumps(generate_content_response(model, "echo", 1, "truncated"))
+        return await state.body_fault(markers, full, html=_HTML_502)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -682,36 +671,36 @@ class GeminiApi:
         )
         return json_response({"file": meta}, headers=final)
 
-    async def get_file(self, request: web.Request) -> web.Response:
-        """Return the File resource of ``GET /{version}/files/{file}``."""
+    def _requested_file(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        """The id and File resource a ``/files/{file}`` request names, or the refusal."""
         denied = _denied(request)
         if denied is not None:
             return denied
         file_id = request.match_info["file"]
         meta = self._file(file_id)
-        return self._no_file(file_id) if meta is None else json_response(meta)
+        return self._no_file(file_id) if meta is None else (file_id, meta)
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        """Return the File resource of ``GET /{version}/files/{file}``."""
+        found = self._requested_file(request)
+        return found if isinstance(found, web.Response) else json_response(found[1])
 
     async def delete_file(self, request: web.Request) -> web.Response:
         """Delete a file (``DELETE /{version}/files/{file}``)."""
-        denied = _denied(request)
-        if denied is not None:
-            return denied
-        file_id = request.match_info["file"]
-        if self._file(file_id) is None:
-            return self._no_file(file_id)
+        found = self._requested_file(request)
+        if isinstance(found, web.Response):
+            return found
+        file_id, _ = found
         del self.state.files[file_id]
         self.state.file_contents.pop(file_id, None)
         return json_response({})
 
     async def download_file(self, request: web.Request) -> web.Response:
         """Return a generated file's bytes; uploaded files cannot be downloaded."""
-        denied = _denied(request)
-        if denied is not None:
-            return denied
-        file_id = request.match_info["file"]
-        meta = self._file(file_id)
-        if meta is None:
-            return self._no_file(file_id)
+        found = self._requested_file(request)
+        if isinstance(found, web.Response):
+            return found
+        file_id, meta = found
         if meta["source"] != "GENERATED":
             return google_error(400, "Only generated files can be downloaded.")
         return web.Response(body=self.state.file_contents[file_id], content_type=meta["mimeType"])

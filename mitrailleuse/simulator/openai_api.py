@@ -16,6 +16,7 @@ from aiohttp import web
 
 from mitrailleuse.simulator.app import (
     SimState,
+    batch_line_markers,
     json_response,
     parse_markers,
     retry_headers,
@@ -36,12 +37,6 @@ _ERROR_TYPES: dict[int, tuple[str, str | None]] = {
     422: ("invalid_request_error", None),
     429: ("requests", "rate_limit_exceeded"),
 }
-
-_HTML_502 = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
-    b"</body>\r\n</html>\r\n"
-)
 
 
 def _text_of(content: Any) -> str:
@@ -293,26 +288,8 @@ class OpenAIApi:
             if status == 429:
                 extra.update(retry_headers(1.0))
             return json_response(_marker_error_body(status), status, extra)
-        if "hang" in markers:
-            await asyncio.sleep(self.state.settings.hang_s)
-        if "garbage" in markers:
-            return web.Response(
-                body=b"<<this is not JSON>>",
-                headers=headers,
-                content_type="application/json",
-            )
-        if "truncated" in markers:
-            full = orjson.dumps(completion("chatcmpl-truncated", "truncated", "echo", 1, 0))
-            return web.Response(
-                body=full[: len(full) // 2], headers=headers, content_type="application/json"
-            )
-        if "html" in markers:
-            return web.Response(
-                body=_HTML_502, status=502, headers=headers, content_type="text/html"
-            )
-        if "empty" in markers:
-            return web.Response(body=b"", headers=headers, content_type="application/json")
-        return None
+        full = orjson.dumps(completion("chatcmpl-truncated", "truncated", "echo", 1, 0))
+        return await self.state.body_fault(markers, full, headers)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -505,17 +482,9 @@ class OpenAIApi:
                 continue
             batch.lines.append(item)
             _, user, _ = _scan(messages)
-            outcome = 0
-            markers = parse_markers(user)
-            if markers is not None:
-                code = markers.get("status")
-                if code is not None and code >= 300:
-                    outcome = code
-                elif "batch-missing" in markers:
-                    outcome = -1
-                if "batch-expire" in markers:
-                    batch.expire = True
+            outcome, expires = batch_line_markers(user)
             batch.outcomes.append(outcome)
+            batch.expire = batch.expire or expires
             if batch.model is None:
                 batch.model = item["body"]["model"]
         if errors:

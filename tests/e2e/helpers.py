@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+import pytest
 
 from mitrailleuse.records import read_records
+
+if TYPE_CHECKING:
+    from mitrailleuse.simulator import SimulatorSettings
 
 #: What the tests' fleet environment sets to keep the simulator unlimited, cleared: workers take
 #: the task's ``rate_limit`` block (or its defaults), as they do for a user.
@@ -71,3 +76,49 @@ def calls_per_slot(batch_size: int | None = None) -> int:
     from mitrailleuse.config import BatchConfig, General
 
     return min(General().calls_per_message, batch_size or BatchConfig().batch_size)
+
+
+def simulator_fixtures(settings: SimulatorSettings) -> tuple[Any, Any]:
+    """A module's ``sim`` fixture (one simulator of ``settings``) and its autouse cleaner.
+
+    Bind both at module level, under these names: ``sim, _clean = simulator_fixtures(SETTINGS)``.
+    Before each test the cleaner sets the simulator back to ``settings`` and resets its
+    counters; after it, it sets ``settings`` back again.
+    """
+    from mitrailleuse.simulator import SimulatorThread
+
+    @pytest.fixture(scope="module", name="sim")
+    def sim() -> Iterator[SimulatorThread]:
+        with SimulatorThread(settings) as simulator:
+            yield simulator
+
+    @pytest.fixture(autouse=True, name="_clean")
+    def _clean(sim: SimulatorThread) -> Iterator[None]:
+        sim.configure(**settings.model_dump())
+        sim.reset()
+        yield
+        sim.configure(**settings.model_dump())
+
+    return sim, _clean
+
+
+def check_broken_bodies(post: Callable[[str], Any], truncated_start: bytes = b"{") -> None:
+    """Check the simulator's broken-body markers; ``post(marker)`` sends one, returns the answer.
+
+    ``[[garbage]]`` and ``[[truncated]]`` (starting ``truncated_start``) answer 200 with a body
+    that is not JSON, ``[[html]]`` a 502 HTML page and ``[[empty]]`` 200 with no body.
+    """
+    garbage = post("[[garbage]]")
+    assert garbage.status_code == 200, garbage
+    with pytest.raises(ValueError):
+        garbage.json()
+    truncated = post("[[truncated]]")
+    assert truncated.status_code == 200, truncated
+    assert truncated.content.startswith(truncated_start), truncated.content
+    with pytest.raises(ValueError):
+        truncated.json()
+    html = post("[[html]]")
+    assert html.status_code == 502, html
+    assert html.headers["content-type"].startswith("text/html"), html.headers
+    empty = post("[[empty]]")
+    assert (empty.status_code, empty.content) == (200, b""), empty

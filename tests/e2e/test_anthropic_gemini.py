@@ -360,3 +360,22 @@ def test_cache_and_cost_limit_together(provider, tmp_path, tasks_dir, sim, start
     repeat = again.submit(again_task).wait(timeout=120)
     assert repeat.state == "completed" and repeat.cached == 60
     assert calls(sim, provider) == distinct - 1
+
+
+def test_a_gemini_batch_over_20_mb_goes_as_an_uploaded_file(
+    tmp_path, tasks_dir, sim, start_worker, start_beat
+):
+    """Gemini takes inline requests up to 20 MB: a larger batch is uploaded as a JSONL file."""
+    sim.configure(batch_duration_s=0.5)
+    start_worker(queues=["mitrailleuse"])
+    start_beat()
+    padding = "x" * 21_000
+    rows = [{"input_text": f"long {n} {padding}"} for n in range(1000)]
+    m, task = new_task(tmp_path, rows, batch_config("gemini", batch_size=1000), "gemini")
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed" and progress.succeeded == 1000
+    (state,) = all_states(task)
+    assert state.file_id and state.file_id.startswith("files/")
+    assert sim.stats()["files_uploaded"] == 1 and batches_created(sim, "gemini") == 1
+    assert [r["output"] for r in results(task)[:3]] == [expected(row) for row in rows[:3]]

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from mitrailleuse.simulator import SimulatorSettings, SimulatorThread, chat_answer, translation_of
+from tests.e2e.helpers import check_broken_bodies, simulator_fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +27,7 @@ SETTINGS = SimulatorSettings(batch_duration_s=BATCH_DURATION_S, hang_s=0.3)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorThread]:
-    with SimulatorThread(SETTINGS) as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: SimulatorThread) -> Iterator[None]:
-    sim.configure(**SETTINGS.model_dump())
-    sim.reset()
-    yield
-    sim.configure(**SETTINGS.model_dump())
+sim, _clean = simulator_fixtures(SETTINGS)
 
 
 @pytest.fixture
@@ -196,21 +186,7 @@ def test_broken_body_markers(raw: httpx.Client) -> None:
         body = {"model": "m", "messages": [{"role": "user", "content": f"x {marker}"}]}
         return raw.post("/v1/chat/completions", json=body, headers=headers)
 
-    garbage = post("[[garbage]]")
-    assert garbage.status_code == 200
-    with pytest.raises(ValueError):
-        garbage.json()
-    truncated = post("[[truncated]]")
-    assert truncated.status_code == 200
-    assert truncated.content.startswith(b"{")
-    with pytest.raises(ValueError):
-        truncated.json()
-    html = post("[[html]]")
-    assert html.status_code == 502
-    assert html.headers["content-type"].startswith("text/html")
-    empty = post("[[empty]]")
-    assert empty.status_code == 200
-    assert empty.content == b""
+    check_broken_bodies(post)
 
 
 def test_hang_marker_and_client_timeout(sim: SimulatorThread, client: openai.OpenAI) -> None:

@@ -17,6 +17,7 @@ from google import genai
 from google.genai import errors, types
 
 from mitrailleuse.simulator import SimulatorSettings, SimulatorThread, chat_answer
+from tests.e2e.helpers import check_broken_bodies, simulator_fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +27,7 @@ QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorThread]:
-    with SimulatorThread(SETTINGS) as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: SimulatorThread) -> Iterator[None]:
-    sim.configure(**SETTINGS.model_dump())
-    sim.reset()
-    yield
-    sim.configure(**SETTINGS.model_dump())
+sim, _clean = simulator_fixtures(SETTINGS)
 
 
 def make_client(sim: SimulatorThread, **options) -> genai.Client:
@@ -212,19 +202,7 @@ def test_broken_body_markers(raw: httpx.Client) -> None:
         path = f"/v1/models/{MODEL}:generateContent"
         return raw.post(path, json=body, headers={"x-goog-api-key": "k"})
 
-    garbage = post("[[garbage]]")
-    assert garbage.status_code == 200
-    with pytest.raises(ValueError):
-        garbage.json()
-    truncated = post("[[truncated]]")
-    assert truncated.content.startswith(b'{"candidates"')
-    with pytest.raises(ValueError):
-        truncated.json()
-    html = post("[[html]]")
-    assert html.status_code == 502
-    assert html.headers["content-type"].startswith("text/html")
-    empty = post("[[empty]]")
-    assert (empty.status_code, empty.content) == (200, b"")
+    check_broken_bodies(post, truncated_start=b'{"candidates"')
 
 
 def test_hang_and_timeout_in_milliseconds(sim: SimulatorThread, client: genai.Client) -> None:
