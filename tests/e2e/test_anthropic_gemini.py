@@ -144,6 +144,18 @@ def test_anthropic_rate_limit_headers_set_the_fleets_budget(tmp_path, tasks_dir,
     assert limits["requests_per_minute"] == 5880  # 98 % of the announced 6000
 
 
+@pytest.fixture
+def batch_fleet(sim, start_worker, start_beat):
+    """A control worker and beat for native batches that take ``duration_s`` to end."""
+
+    def start(duration_s):
+        sim.configure(batch_duration_s=duration_s)
+        start_worker(queues=["mitrailleuse"])
+        start_beat()
+
+    return start
+
+
 def batch_config(provider, **batch):
     return {
         provider: {
@@ -154,12 +166,8 @@ def batch_config(provider, **batch):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_native_batches_map_every_line_back(
-    provider, tmp_path, tasks_dir, sim, start_worker, start_beat
-):
-    sim.configure(batch_duration_s=1.0)
-    start_worker(queues=["mitrailleuse"])
-    start_beat()
+def test_native_batches_map_every_line_back(provider, tmp_path, tasks_dir, sim, batch_fleet):
+    batch_fleet(1.0)
     rows = [{"input_text": f"batched {n}", "instructions": f"sys {n % 2}"} for n in range(45)]
     rows[13] = {"input_text": "refused [[status:400]]"}
     config = batch_config(provider)
@@ -182,11 +190,9 @@ def test_native_batches_map_every_line_back(
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_expired_batches_are_sent_once_more_then_fail(
-    provider, tmp_path, tasks_dir, sim, start_worker, start_beat
+    provider, tmp_path, tasks_dir, sim, batch_fleet
 ):
-    sim.configure(batch_duration_s=0.5)
-    start_worker(queues=["mitrailleuse"])
-    start_beat()
+    batch_fleet(0.5)
     rows = [{"input_text": f"item {n}"} for n in range(40)]
     rows[25] = {"input_text": "this batch expires [[batch-expire]]"}
     m, task = new_task(tmp_path, rows, batch_config(provider), provider)
@@ -362,13 +368,9 @@ def test_cache_and_cost_limit_together(provider, tmp_path, tasks_dir, sim, start
     assert calls(sim, provider) == distinct - 1
 
 
-def test_a_gemini_batch_over_20_mb_goes_as_an_uploaded_file(
-    tmp_path, tasks_dir, sim, start_worker, start_beat
-):
+def test_a_gemini_batch_over_20_mb_goes_as_an_uploaded_file(tmp_path, tasks_dir, sim, batch_fleet):
     """Gemini takes inline requests up to 20 MB: a larger batch is uploaded as a JSONL file."""
-    sim.configure(batch_duration_s=0.5)
-    start_worker(queues=["mitrailleuse"])
-    start_beat()
+    batch_fleet(0.5)
     padding = "x" * 21_000
     rows = [{"input_text": f"long {n} {padding}"} for n in range(1000)]
     m, task = new_task(tmp_path, rows, batch_config("gemini", batch_size=1000), "gemini")
