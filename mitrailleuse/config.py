@@ -60,7 +60,9 @@ class SystemInstruction(Section):
 
 
 class ChatSettings(Section):
-    """A chat call's request settings, sent as they are given; the known ones are checked.
+    """A chat call's request settings, sent as given; the known ones are checked.
+
+    Anthropic and Gemini get them under their own names where those differ.
 
     A value the provider would refuse (``"temperature": "hot"``) is refused at ``create``,
     naming the field, instead of failing every item at the provider. Values are not converted
@@ -152,7 +154,7 @@ class ProviderSection(Section):
 
 
 class ChatProviderConfig(ProviderSection):
-    """An OpenAI-compatible provider (``openai``, ``deepseek``)."""
+    """A chat provider's section: ``openai``, ``deepseek``; Anthropic's and Gemini's extend it."""
 
     prompt: str = "input_text"
     system_instruction: SystemInstruction = Field(default_factory=SystemInstruction)

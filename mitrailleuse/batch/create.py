@@ -5,8 +5,10 @@ the workers; a full batch file is handed to the ``create_native_batch`` control 
 calls :func:`upload_and_create`, as beat's poll does for a creation that seems stalled. Only one
 process creates a batch at a time (a lease its holder's death frees); each step is recorded
 before and after it happens, and a batch found in step ``creating`` is looked up at the
-provider (by its input file) before one is created: neither a race nor a crash creates the
-same batch twice. The provider is reached through its ``NativeBatchAPI`` alone.
+provider (``NativeBatchAPI.created_for``: by its input file, its display name, or its size and
+time) before one is created: neither a race nor a crash creates the same batch twice. A batch
+the provider refuses for good is recorded ``refused``: the poll fails its items. The provider
+is reached through its ``NativeBatchAPI`` alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Where a feed goes on: the input cursor after a chunk, and the next chunk's number.
 Resume = tuple[Cursor, int]
-#: How long a live submitter may hold a batch's submission (an upload of 200 MB included).
+#: How long a live submitter may hold a batch's submission (an upload of 200 MB included; a
+#: Gemini file of up to 2 GB on a slow link may outlast it, and be submitted by the poll too).
 SUBMISSION_LEASE_S = 1800.0
 
 
@@ -59,7 +62,9 @@ class BatchWriter:
         """
         api = self.api
         lines = [
-            api.request_line(api.custom_id(item["id"], item["ordinal"]), item["request"])
+            api.request_line(
+                api.custom_id(self.run.run_id, item["id"], item["ordinal"]), item["request"]
+            )
             for item in items
         ]
         size = sum(len(line) for line in lines)

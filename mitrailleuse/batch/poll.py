@@ -171,7 +171,7 @@ def _read_results(
     """A record for each item the batch's output or error file answers (the first answer wins)."""
     attempts = 1 if state.retry_of is None else 2
     api = provider.native_batches()
-    by_custom_id = {api.custom_id(ref.id, ref.ordinal): ref for ref in refs.values()}
+    by_custom_id = {api.custom_id(state.run_id, r.id, r.ordinal): r for r in refs.values()}
     records: dict[str, dict[str, Any]] = {}
     for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
         path = downloaded(api, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
@@ -223,9 +223,16 @@ def cancel_all(run: RunState, folder: TaskFolder) -> int:
     api = context_for(run).provider.native_batches()
     cancelled = 0
     for state in batches.all_states(folder):
-        if state.run_id == run.run_id and state.batch_id and not state.ended:
+        if state.run_id != run.run_id or not state.batch_id or state.ended:
+            continue
+        if state.step in ("collected", "refused"):
+            continue
+        try:
             api.cancel(state.batch_id)
-            state.next_check_at = 0.0
-            batches.save(folder, state)
-            cancelled += 1
+        except Exception:  # one batch the provider will not cancel must not keep the others
+            log.exception("cancelling batch %s (%s) failed", state.number, state.batch_id)
+            continue
+        state.next_check_at = 0.0
+        batches.save(folder, state)
+        cancelled += 1
     return cancelled

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mitrailleuse import keys
 from mitrailleuse.atomic import write_atomic
@@ -46,6 +46,16 @@ class BatchState(BaseModel):
     error_file_id: str | None = None
     next_check_at: float = 0.0
     message: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_of_older_files(cls, data: Any) -> Any:
+        """A file written before ``status`` existed: OpenAI's final words are the shared ones."""
+        if isinstance(data, dict) and data.get("status") is None:
+            raw = data.get("raw_status")
+            if raw in FINAL_STATUSES:
+                data = {**data, "status": raw}
+        return data
 
     @property
     def name(self) -> str:

@@ -114,8 +114,6 @@ class RunSettings:
     provider: str
     task_path: Path
     mode: Mode
-    #: Why: the ``mode`` asked for, and what the provider offers.
-    mode_reason: str
     #: Items in the run (after sampling).
     total: int
     #: Items a chunk holds (``<provider>.batch.batch_size``).
@@ -142,7 +140,6 @@ class RunSettings:
             provider=fields["provider"],
             task_path=Path(fields["task_path"]),
             mode=cast(Mode, fields["mode"]),
-            mode_reason=fields["mode_reason"],
             total=int(fields["total"]),
             chunk_size=int(fields["chunk_size"]),
             window_chunks=int(fields["window_chunks"]),
@@ -174,8 +171,8 @@ class RunState:
         values = self.redis.hmget(self.key, names)
         if values[0] is None:
             raise LookupError(f"run {self.run_id} is not in Redis")
-        return RunSettings.parse(  # a field a newer version added is empty in an older run
-            {name: (value or b"").decode() for name, value in zip(names, values, strict=True)}
+        return RunSettings.parse(
+            {name: value.decode() for name, value in zip(names, values, strict=True)}
         )
 
     @property

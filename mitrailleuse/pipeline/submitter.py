@@ -57,14 +57,14 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
             return previous
         _drain(previous)
     config = folder.config()
-    settings = _settings(folder, config)
+    settings, why = _settings(folder, config)
     run = RunState(client, uuid.uuid4().hex)
     run.create(settings, orjson.dumps(config.model_dump(mode="json")))
     run.show(
         state="queued",
         run_id=run.run_id,
         mode=settings.mode,
-        mode_reason=settings.mode_reason,
+        mode_reason=why,
         counts=Counts(total=settings.total),
         started_at=now(),
         finished_at=None,
@@ -73,13 +73,13 @@ def submit(folder: TaskFolder, client: redis.Redis) -> RunState:
     start_feeding(run)
     folder.log(
         f"run {run.run_id} submitted: {settings.total} items, {settings.mode} mode"
-        f" ({settings.mode_reason}), {settings.provider}"
+        f" ({why}), {settings.provider}"
     )
     return run
 
 
-def _settings(folder: TaskFolder, config: TaskConfig) -> RunSettings:
-    """A new run's settings; refused (one-line error) before anything is sent."""
+def _settings(folder: TaskFolder, config: TaskConfig) -> tuple[RunSettings, str]:
+    """A new run's settings and why it goes in its mode; refused (one line) before any call."""
     provider = folder.provider
     section = config.provider(provider)
     sampling = config.general.sampling
@@ -97,17 +97,17 @@ def _settings(folder: TaskFolder, config: TaskConfig) -> RunSettings:
         )
         log.warning(warning)
         folder.log(warning)
-    return RunSettings(
+    settings = RunSettings(
         provider=provider,
         task_path=folder.path.resolve(),
         mode=mode,
-        mode_reason=why,
         total=total,
         chunk_size=chunk_size,
         window_chunks=max(1, math.ceil(config.general.max_items_in_flight / chunk_size)),
         limit=limit,
         batch_base=_next_batch_number(folder),
     )
+    return settings, why
 
 
 def cancel(folder: TaskFolder, client: redis.Redis) -> RunState | None:

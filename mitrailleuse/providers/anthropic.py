@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin
 
-import anthropic
 import orjson
 
 from mitrailleuse.config import AnthropicConfig
@@ -42,15 +41,21 @@ from mitrailleuse.providers.base import (
     ProviderError,
     QuotaExceeded,
     RateLimitReport,
+    extra_needed,
     header_int,
 )
 from mitrailleuse.providers.chat import (
     PostingChatProvider,
+    connect_failure,
     http_module,
-    refused,
     retry_after_s,
     split_system,
 )
+
+try:  # an extra: loading this provider is what needs it
+    import anthropic
+except ModuleNotFoundError as error:
+    raise extra_needed(error, "anthropic", "anthropic", "httpx2") from error
 
 _http = http_module(anthropic.DefaultHttpxClient)
 #: The request path of a message, under the client's base URL.
@@ -112,6 +117,8 @@ class AnthropicProvider(PostingChatProvider):
     ) -> None:
         super().__init__(config, api_key, proxies)
         settings = config.api_information.setting.request_fields()
+        if isinstance(settings.get("stop"), str):
+            settings["stop"] = [settings["stop"]]  # stop_sequences is a list
         self.settings = {_RENAMED.get(key, key): value for key, value in settings.items()}
         self.settings.setdefault("max_tokens", self.completion_tokens())
 
@@ -144,7 +151,7 @@ class AnthropicProvider(PostingChatProvider):
     def classify(self, error: anthropic.APIError) -> ProviderError:
         """Sort an SDK error: spend limits halt, 429 pauses, 529 and 5xx retry."""
         message = redact(str(getattr(error, "message", error)), self.api_key)
-        cause = refused(error)
+        cause = connect_failure(error)
         if cause is not None:
             return ProviderError(ErrorKind.RETRY, "connection_error", f"connection error: {cause}")
         if isinstance(error, anthropic.APITimeoutError):
@@ -195,18 +202,21 @@ class AnthropicBatchAPI(NativeBatchAPI):
 
     A batch carries no label, so the lookup after a crash matches a batch made since the
     ``creating`` step with as many requests; its results are joined on ``custom_id``, which
-    must match ``^[a-zA-Z0-9_-]{1,64}$``: an item's is ``item-<ordinal>`` (unique in a run).
+    must match ``^[a-zA-Z0-9_-]{1,64}$``: an item's is ``<run id>-<ordinal>``. A batch taken
+    for ours that was not (another of the same size, made in the same minutes) answers none of
+    our ids: its items are sent once more, never given another's answers.
     """
 
     sdk_errors = (anthropic.APIError,)
     max_requests = 100_000
     max_bytes = 256 * 1024 * 1024
-    #: How many of the account's batches are searched for one created before a crash.
-    lookup_limit = 1000
 
-    def custom_id(self, item_id: str, ordinal: int) -> str:
-        """``item-<ordinal>``: item ids (``file.jsonl:17``) are not allowed here."""
-        return f"item-{ordinal}"
+    def custom_id(self, run_id: str, item_id: str, ordinal: int) -> str:
+        """``<run id>-<ordinal>``: item ids (``file.jsonl:17``) are not allowed here.
+
+        A batch of another run taken for ours after a crash then answers none of our lines.
+        """
+        return f"{run_id[:40]}-{ordinal}"
 
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """``{"custom_id", "params"}``: the body a live call would send."""

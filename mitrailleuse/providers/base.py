@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from mitrailleuse.errors import MitrailleuseError
+from mitrailleuse.errors import ConfigError, MitrailleuseError
 
 #: Status codes that will not get better by asking again.
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413, 422})
@@ -31,6 +31,19 @@ class ErrorKind(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  #: try again after the provider's Retry-After, fleet-wide
     FATAL = "fatal"  #: never retry: the request itself is refused
     QUOTA = "quota"  #: the account is out of quota: stop sending to this provider
+
+
+def extra_needed(error: ModuleNotFoundError, extra: str, *modules: str) -> ConfigError:
+    """The one-line error of a provider whose SDK (an extra) is not installed.
+
+    Raises ``error`` itself when what is missing is not the SDK (``modules``): a broken
+    install must not be taken for a missing extra.
+    """
+    if error.name not in modules:
+        raise error
+    return ConfigError(
+        f"the {extra} provider needs its SDK ({error.name}): pip install 'mitrailleuse[{extra}]'"
+    )
 
 
 class InvalidItem(MitrailleuseError):
@@ -101,8 +114,8 @@ class RateLimitReport:
 NO_REPORT = RateLimitReport()
 
 
-def header_int(value: str | None) -> int | None:
-    """A header's whole number (``"120"``, ``"120.0"``), None when absent or unreadable."""
+def header_int(value: str | bytes | None) -> int | None:
+    """A header's (or a Redis value's) whole number (``"120"``, ``"120.0"``); None if absent."""
     try:
         return int(float(value)) if value is not None else None
     except ValueError:
@@ -130,7 +143,8 @@ CLOCK_SKEW_S = 300.0
 class NativeBatch:
     """A native batch as its provider reports it.
 
-    ``request_counts`` holds ``total``, ``completed`` and ``failed``; ``output_file_id`` and
+    ``request_counts`` holds ``completed`` and ``failed`` (and ``total`` where the provider
+    says it); ``output_file_id`` and
     ``error_file_id`` are whatever the provider's :meth:`NativeBatchAPI.download` takes to
     fetch the result lines (a file id, or the batch's own id where results are served by it).
     """
@@ -185,6 +199,8 @@ class NativeBatchAPI(ABC):
     #: The most requests, and bytes, one batch may hold.
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
+    #: How many of the account's batches are searched for one created before a crash.
+    lookup_limit: ClassVar[int] = 1000
 
     #: The errors of the provider's SDK (``refusal`` sorts them with the provider's classify).
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -204,7 +220,7 @@ class NativeBatchAPI(ABC):
         sorted_error = self.provider.classify(error)
         return sorted_error if sorted_error.kind in (ErrorKind.FATAL, ErrorKind.QUOTA) else None
 
-    def custom_id(self, item_id: str, ordinal: int) -> str:
+    def custom_id(self, run_id: str, item_id: str, ordinal: int) -> str:
         """The id a request line carries, and its result comes back with (unique in a run)."""
         return item_id
 

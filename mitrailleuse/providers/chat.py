@@ -51,7 +51,7 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def refused(error: BaseException) -> aiohttp.ClientConnectorError | None:
+def connect_failure(error: BaseException) -> aiohttp.ClientConnectorError | None:
     """The connection that could not be made, when a "timeout" is one.
 
     The SDKs' aiohttp transports map every ``aiohttp.ClientConnectorError`` (a refused

@@ -22,7 +22,6 @@ from typing import Any
 
 from mitrailleuse.config import DeepLConfig, Environment
 from mitrailleuse.credentials import redact
-from mitrailleuse.errors import ConfigError
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
     PERMANENT_STATUS,
@@ -33,16 +32,13 @@ from mitrailleuse.providers.base import (
     Provider,
     ProviderError,
     QuotaExceeded,
+    extra_needed,
 )
 
-try:
+try:  # an extra: loading this provider is what needs it
     import deepl
-except ModuleNotFoundError as error:  # an extra: loading this provider is what needs it
-    if error.name != "deepl":
-        raise
-    raise ConfigError(
-        "the DeepL provider needs the deepl package: pip install 'mitrailleuse[deepl]'"
-    ) from error
+except ModuleNotFoundError as error:
+    raise extra_needed(error, "deepl", "deepl") from error
 
 # The pipeline retries with backoff and a fleet-wide view; the SDK's retries would stack on it.
 deepl.http_client.max_network_retries = 0

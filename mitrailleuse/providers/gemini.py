@@ -3,7 +3,8 @@
 Features:
     - online (``models/{model}:generateContent``): yes, one item per call
     - native batch (Batch Mode, ``models/{model}:batchGenerateContent``, half price): yes;
-      requests inline up to 20 MB, else uploaded as a JSONL file of ``{"key", "request"}``
+      requests inline up to 8 MB of request lines, else uploaded as a JSONL file of
+      ``{"key", "request"}``
 
 Endpoint: ``base_url`` from the config, else ``GEMINI_BASE_URL``, else the SDK's default.
 Key: ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``. Options read: ``prompt``, ``system_instruction``
@@ -23,10 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import httpx2
 import orjson
-from google import genai
-from google.genai import errors, types
+from pydantic import ValidationError
 
 from mitrailleuse.config import GeminiConfig
 from mitrailleuse.credentials import redact
@@ -43,8 +42,19 @@ from mitrailleuse.providers.base import (
     NativeBatchAPI,
     ProviderError,
     QuotaExceeded,
+    extra_needed,
 )
 from mitrailleuse.providers.chat import ChatProvider, split_system
+
+try:  # an extra: loading this provider is what needs it
+    import httpx2
+    from google import genai
+    from google.genai import errors, types
+except ModuleNotFoundError as error:
+    raise extra_needed(error, "gemini", "google", "google.genai", "httpx2") from error
+
+#: What a call may raise that :meth:`GeminiProvider.classify` sorts.
+_CALL_ERRORS = (errors.APIError, httpx2.HTTPError, TimeoutError, ValidationError)
 
 #: OpenAI's names of settings, in Gemini's ``generationConfig``.
 _RENAMED = {
@@ -58,8 +68,9 @@ _RENAMED = {
     "top_logprobs": "logprobs",
     "logprobs": "responseLogprobs",
 }
-#: Requests up to this size go inline; a larger batch is uploaded as a file.
-INLINE_BYTES = 20 * 1000 * 1000
+#: A request file up to this size goes inline (the API takes 20 MB so; the SDK's JSON escapes
+#: non-ASCII text, which can double it); a larger one is uploaded as a file.
+INLINE_BYTES = 8 * 1000 * 1000
 
 
 def _camel(name: str) -> str:
@@ -74,6 +85,14 @@ def generation_config(settings: Mapping[str, Any]) -> dict[str, Any]:
         if name == "stop" and isinstance(value, str):
             value = [value]
         config[_RENAMED.get(name) or _camel(name)] = value
+    return config
+
+
+def sdk_config(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's ``generationConfig`` and ``systemInstruction``, as one SDK config."""
+    config = dict(request.get("generationConfig") or {})
+    if "systemInstruction" in request:
+        config["systemInstruction"] = request["systemInstruction"]
     return config
 
 
@@ -159,12 +178,7 @@ class GeminiProvider(ChatProvider):
         self.require_key()
         (payload,) = payloads
         body = self.request_body(payload)
-        config = {
-            **body.get("generationConfig", {}),
-            "httpOptions": {"timeout": int(timeout_s * 1000)},
-        }
-        if "systemInstruction" in body:
-            config["systemInstruction"] = body["systemInstruction"]
+        config = {**sdk_config(body), "httpOptions": {"timeout": int(timeout_s * 1000)}}
         return {"model": self.model, "contents": body["contents"], "config": config}
 
     def send(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> CallResult:
@@ -172,7 +186,7 @@ class GeminiProvider(ChatProvider):
         arguments = self._arguments(payloads, timeout_s)
         try:
             response = self.client.models.generate_content(**arguments)
-        except (errors.APIError, httpx2.HTTPError, TimeoutError) as error:
+        except _CALL_ERRORS as error:
             raise self.classify(error) from None
         return CallResult([self.answer(response)])
 
@@ -181,7 +195,7 @@ class GeminiProvider(ChatProvider):
         arguments = self._arguments(payloads, timeout_s)
         try:
             response = await self.client.aio.models.generate_content(**arguments)
-        except (errors.APIError, httpx2.HTTPError, aiohttp.ClientError, TimeoutError) as error:
+        except (*_CALL_ERRORS, aiohttp.ClientError) as error:
             raise self.classify(error) from None
         return CallResult([self.answer(response)])
 
@@ -207,6 +221,11 @@ class GeminiProvider(ChatProvider):
 
     def classify(self, error: BaseException) -> ProviderError:
         """A per-day quota halts, other 429s pause for their ``retryDelay``, 5xx retry."""
+        if isinstance(error, ValidationError):  # a setting the SDK's config does not know
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            said = f"api_information.setting: {where}: {first['msg']}"
+            return ProviderError(ErrorKind.FATAL, "invalid_setting", redact(said, self.api_key))
         if isinstance(error, httpx2.TimeoutException | asyncio.TimeoutError | TimeoutError):
             return ProviderError(ErrorKind.RETRY, "timeout", "the request timed out")
         if not isinstance(error, errors.APIError):
@@ -276,11 +295,9 @@ class GeminiBatchAPI(NativeBatchAPI):
     job is found again by that name. An expired job has no results: its items are re-sent.
     """
 
-    sdk_errors = (errors.APIError,)
+    sdk_errors = (errors.APIError, ValidationError)
     max_requests = 100_000
     max_bytes = 2 * 1000 * 1000 * 1000
-    #: How many of the account's jobs are searched for one created before a crash.
-    lookup_limit = 1000
 
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """``{"key", "request"}``, the request a live call would send (less the model)."""
@@ -310,11 +327,11 @@ class GeminiBatchAPI(NativeBatchAPI):
     def created_for(self, batch: BatchFile, since: float) -> list[NativeBatch]:
         """The job with the batch's display name, if one was made since ``since``."""
         for seen, job in enumerate(self.client.batches.list(config={"page_size": 100})):
-            made = job.create_time.timestamp() if job.create_time else since
-            if seen >= self.lookup_limit or made < since - CLOCK_SKEW_S:
+            if seen >= self.lookup_limit:
                 break
-            if job.display_name == batch.display_name:
-                return [_native(job, batch.requests)]
+            made = job.create_time.timestamp() if job.create_time else since
+            if job.display_name == batch.display_name and made >= since - CLOCK_SKEW_S:
+                return [_native(job, batch.requests)]  # the list's order is not documented
         return []
 
     def retrieve(self, batch_id: str) -> NativeBatch:
@@ -360,11 +377,12 @@ class GeminiBatchAPI(NativeBatchAPI):
 def _inlined(line: Mapping[str, Any]) -> types.InlinedRequest:
     """A request line as the SDK's inlined request: its key travels in the metadata."""
     request = line["request"]
-    config = dict(request.get("generationConfig") or {})
-    if "systemInstruction" in request:
-        config["systemInstruction"] = request["systemInstruction"]
     return types.InlinedRequest.model_validate(
-        {"contents": request["contents"], "config": config, "metadata": {"key": line["key"]}}
+        {
+            "contents": request["contents"],
+            "config": sdk_config(request),
+            "metadata": {"key": line["key"]},
+        }
     )
 
 

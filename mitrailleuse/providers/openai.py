@@ -41,7 +41,7 @@ from mitrailleuse.providers.base import (
 )
 from mitrailleuse.providers.chat import (
     PostingChatProvider,
-    refused,
+    connect_failure,
     retry_after_s,
 )
 
@@ -134,7 +134,7 @@ class OpenAIProvider(PostingChatProvider):
     def classify(self, error: openai.APIError) -> ProviderError:
         """Sort an SDK error into retry, rate-limited or fatal."""
         message = redact(str(getattr(error, "message", error)), self.api_key)
-        cause = refused(error)
+        cause = connect_failure(error)
         if cause is not None:
             return ProviderError(ErrorKind.RETRY, "connection_error", f"connection error: {cause}")
         if isinstance(error, openai.APITimeoutError):
@@ -173,8 +173,6 @@ class OpenAIBatchAPI(NativeBatchAPI):
     max_bytes = 200 * 1024 * 1024
     #: The endpoint every request line targets.
     endpoint = "/v1/chat/completions"
-    #: How many of the account's batches are searched for one created before a crash.
-    lookup_limit = 1000
 
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:
         """``{"custom_id", "method", "url", "body"}``: the body a live call would send."""

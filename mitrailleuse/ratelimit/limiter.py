@@ -4,8 +4,9 @@ The ``call`` task asks :meth:`RedisLimiter.acquire` before each provider call an
 :class:`Lease` afterwards, correcting the token estimate from the response's usage: with the
 call's records, in their round trip (``pipeline/store.lua``), or by :meth:`RedisLimiter.leased`
 when the call ends otherwise. A 429's ``Retry-After`` pauses the whole fleet's use of the
-provider (:meth:`pause`), and ``x-ratelimit-*`` response headers lower the budget to what the
-provider says remains (:meth:`observe`). Each check is one Lua script run: atomic, one round trip.
+provider (:meth:`pause`), and what a response says of the limits (its provider reads its own
+headers into a ``RateLimitReport``) lowers the budget to what remains (:meth:`observe`). Each
+check is one Lua script run: atomic, one round trip.
 
 A budget the task left unset follows the limit the provider announces
 (OpenAI's ``x-ratelimit-limit-requests``, Anthropic's ``anthropic-ratelimit-requests-limit``): the
@@ -41,6 +42,7 @@ import redis
 
 from mitrailleuse import keys
 from mitrailleuse.config import RateLimit
+from mitrailleuse.providers.base import header_int
 from mitrailleuse.scripts import script
 
 if TYPE_CHECKING:
@@ -254,7 +256,7 @@ class RedisLimiter:
         """The limits in force: the configured ones, after what the provider announced."""
         if time.monotonic() - self._read_at >= ANNOUNCED_REFRESH_S:
             said = self.redis.hmget(keys.limit(self.scope, "announced"), ["requests", "tokens"])
-            self._adopt(*(_int(value) for value in said))
+            self._adopt(*(header_int(value) for value in said))
         return self._limits
 
     def _adopt(self, requests: int | None, tokens: int | None) -> None:
@@ -396,10 +398,3 @@ def task_limiter(client: redis.Redis, folder: TaskFolder) -> RedisLimiter:
 
 def _minute(epoch_s: float | None = None) -> int:
     return int((time.time() if epoch_s is None else epoch_s) // 60)
-
-
-def _int(value: str | bytes | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None

@@ -368,10 +368,11 @@ def test_cache_and_cost_limit_together(provider, tmp_path, tasks_dir, sim, start
     assert calls(sim, provider) == distinct - 1
 
 
-def test_a_gemini_batch_over_20_mb_goes_as_an_uploaded_file(tmp_path, tasks_dir, sim, batch_fleet):
-    """Gemini takes inline requests up to 20 MB: a larger batch is uploaded as a JSONL file."""
+def test_a_large_gemini_batch_goes_as_an_uploaded_file(tmp_path, tasks_dir, sim, batch_fleet):
+    """Gemini takes inline requests up to 20 MB (8 MB of request file, allowing for JSON's
+    escapes): a larger batch is uploaded as a JSONL file."""
     batch_fleet(0.5)
-    padding = "x" * 21_000
+    padding = "x" * 9_000
     rows = [{"input_text": f"long {n} {padding}"} for n in range(1000)]
     m, task = new_task(tmp_path, rows, batch_config("gemini", batch_size=1000), "gemini")
     progress = m.submit(task).wait(timeout=120)
