@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mitrailleuse.config import TaskConfig, parse_config
@@ -85,3 +88,23 @@ def test_retry_after_parsing():
     assert retry_after_s({"retry-after-ms": "1500"}) == 1.5
     assert retry_after_s({"retry-after": "3"}) == 3.0
     assert retry_after_s({}) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "module"),
+    [("anthropic", "anthropic"), ("gemini", "google.genai"), ("deepl", "deepl")],
+)
+def test_a_provider_whose_sdk_is_not_installed_names_its_extra(provider, module):
+    """Without the extra, loading the provider is a one-line ConfigError, not a traceback."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from mitrailleuse.providers import provider_class\n"
+        f"try:\n    provider_class({provider!r})\n"
+        "except Exception as error:\n    print(type(error).__name__, error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra = f"pip install 'mitrailleuse[{provider}]'"
+    assert (
+        done.stdout.strip()
+        == f"ConfigError the {provider} provider needs its SDK ({module}): {extra}"
+    )
