@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import redis
+from pydantic import BaseModel
 
 from mitrailleuse import keys
 from mitrailleuse.batch.state import BatchState
@@ -31,6 +32,7 @@ from mitrailleuse.config import (
     TaskConfig,
     load_config,
     parse_config,
+    with_response_model,
     without_effect,
 )
 from mitrailleuse.credentials import scrub_config
@@ -49,6 +51,8 @@ from mitrailleuse.taskfolder import (
 )
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 #: A config given to ``create_task``: a file, a mapping, or a validated model.
 ConfigSource = str | Path | dict[str, Any] | TaskConfig | None
@@ -186,10 +190,29 @@ class Run:
         """Stop dispatching: in-flight items finish, nothing new is sent."""
         submitter.cancel(self.folder, self._redis)
 
-    def results(self) -> Iterator[dict[str, Any]]:
-        """The records of ``outputs/results.jsonl``, streamed."""
-        if self.folder.results_path.exists():
-            yield from read_records(self.folder.results_path)
+    @overload
+    def results(self, model: None = None) -> Iterator[dict[str, Any]]: ...
+    @overload
+    def results(self, model: type[M]) -> Iterator[M | None]: ...
+    def results(self, model: type[M] | None = None) -> Iterator[dict[str, Any] | M | None]:
+        """The records of ``outputs/results.jsonl``, streamed, in input order.
+
+        With ``model`` (a structured run's pydantic model), each record's ``parsed`` object as
+        that model instead; None for an item that failed.
+        """
+        if not self.folder.results_path.exists():
+            return
+        for record in read_records(self.folder.results_path):
+            if model is None:
+                yield record
+            elif record.get("parsed") is None:
+                yield None
+            else:
+                yield model.model_validate(record["parsed"])
+
+    def results_dict(self) -> dict[str, dict[str, Any]]:
+        """Every record by item id (the whole run in memory: for runs that fit in it)."""
+        return {record["id"]: record for record in self.results()}
 
     def listen(
         self,
@@ -317,8 +340,13 @@ class Mitrailleuse:
         task_name: str,
         config: ConfigSource = None,
         inputs: Sequence[str | Path | dict[str, Any]] = (),
+        response_model: type[BaseModel] | None = None,
     ) -> TaskFolder:
-        """Create a task folder; the config is validated and scrubbed of literal keys first."""
+        """Create a task folder; the config is validated and scrubbed of literal keys first.
+
+        ``response_model`` (a pydantic model) asks for structured answers: its JSON Schema
+        becomes the provider's ``api_information.response_schema``.
+        """
         if config is None:
             model = TaskConfig()
         elif isinstance(config, TaskConfig):
@@ -327,6 +355,8 @@ class Mitrailleuse:
             model = parse_config(config)
         else:
             model = load_config(Path(config))
+        if response_model is not None:
+            model = with_response_model(model, api, response_model)
         scrub_config(model)
         ignored = without_effect(model)
         if ignored:

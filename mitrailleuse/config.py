@@ -100,11 +100,40 @@ class ChatSettings(Section):
         return self.model_dump()
 
 
+class ResponseSchema(Section):
+    """The JSON Schema every answer must follow (structured outputs), and its name.
+
+    The root must be an object (what every provider's native mechanism takes). A schema that is
+    not valid JSON Schema is refused here; one a provider cannot take, at ``create``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, serialize_by_alias=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mitrailleuse.structured import check_json_schema
+
+        check_json_schema(value)
+        return value
+
+
 class ApiInformation(Section):
     """Model name and request settings passed through to the provider."""
 
     model: str = "gpt-4o-mini"
     setting: ChatSettings = Field(default_factory=ChatSettings)
+    #: Unset: answers are text. Set: every answer is a JSON object validated against it.
+    response_schema: ResponseSchema | None = None
+
+
+class StructuredSettings(Section):
+    """What becomes of an answer that does not validate: asked again, with the error."""
+
+    max_reasks: int = Field(default=2, ge=0, le=10)
 
 
 class RateLimit(Section):
@@ -159,6 +188,7 @@ class ChatProviderConfig(ProviderSection):
     prompt: str = "input_text"
     system_instruction: SystemInstruction = Field(default_factory=SystemInstruction)
     api_information: ApiInformation = Field(default_factory=ApiInformation)
+    structured: StructuredSettings = Field(default_factory=StructuredSettings)
     bulk_save: int = Field(default=10, ge=1)
     sleep_time: float = Field(default=0, ge=0)
 
@@ -408,7 +438,8 @@ def _error_line(error: ValidationError, source: str) -> str:
     value = first.get("input")
     shown = repr(value) if isinstance(value, str | int | float | bool) or value is None else ""
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: {field}: {first['msg']}{': got ' + shown if shown else ''}{more}"
+    said = first["msg"].removeprefix("Value error, ")  # a validator's own words
+    return f"{source}: {field}: {said}{': got ' + shown if shown else ''}{more}"
 
 
 #: Seed settings accepted for compatibility that change nothing here, and why.
@@ -542,6 +573,19 @@ def load_config(path: Path, strict: bool = False) -> TaskConfig:
     except orjson.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON: {error}") from None
     return parse_config(data, str(path), strict)
+
+
+def with_response_model(
+    config: TaskConfig, provider: ProviderName, model: type[BaseModel]
+) -> TaskConfig:
+    """The config with ``model``'s JSON Schema as the provider's response schema."""
+    data = config.model_dump(mode="json")
+    section = data.setdefault(provider, {})
+    if "api_information" not in section:
+        raise ConfigError(f"{provider} has no structured outputs: response_model is for chat APIs")
+    schema = {"name": model.__name__, "schema": model.model_json_schema()}
+    section["api_information"]["response_schema"] = schema
+    return parse_config(data, f"response_model {model.__name__}")
 
 
 def json_schema() -> dict[str, Any]:

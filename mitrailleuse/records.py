@@ -104,6 +104,15 @@ def invalid_input(item: ItemRef, provider: str, reason: str) -> dict[str, Any]:
     return failed(item, provider, None, error, attempts=0)
 
 
+def new_spend(record: dict[str, Any]) -> float:
+    """What storing a record adds to the run's spend: its last answer's cost.
+
+    The answers of an item asked again (structured outputs) were counted as they came.
+    """
+    costs = record.get("attempt_costs_usd")
+    return (costs[-1] if costs else record.get("cost_usd")) or 0.0
+
+
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a JSONL file, streamed."""
     with path.open("rb") as handle:

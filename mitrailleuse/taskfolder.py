@@ -258,8 +258,9 @@ def create_task_folder(
     """
     check_name(user_id, "user id")
     check_name(task_name, "task name")
-    provider_class(provider)  # an unknown name is refused, with the closest known one
-    config.provider(provider)  # a plug-in's section is validated now, not at run time
+    # an unknown name is refused, with the closest known one; a plug-in's section is
+    # validated now, not at run time; and so is what the provider cannot serve
+    provider_class(provider).check_section(config.provider(provider))
     files = sorted_input_files(p for p in inputs if not isinstance(p, dict))
     for path in files:
         check_has_items(path)

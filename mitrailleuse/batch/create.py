@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +28,7 @@ from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import BatchFile, NativeBatch, NativeBatchAPI
+from mitrailleuse.structured import Reask
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
@@ -128,9 +130,20 @@ class BatchWriter:
 
 
 def write_retry_batch(
-    run: RunState, folder: TaskFolder, of: batches.BatchState, item_ids: set[str], chunks: list[int]
+    run: RunState,
+    folder: TaskFolder,
+    of: batches.BatchState,
+    item_ids: set[str],
+    chunks: list[int],
+    api: NativeBatchAPI,
+    reasks: Mapping[str, Reask] | None = None,
 ) -> int:
-    """A new batch of only ``item_ids`` of batch ``of``: their lines copied as they were."""
+    """A new batch of only ``item_ids`` of batch ``of``: their lines copied as they were.
+
+    An item of ``reasks`` is asked again: its line's conversation told what was wrong, its
+    items line carrying what its earlier answers cost.
+    """
+    reasks = reasks or {}
     number = run.next_batch_number()
     count = 0
     with (
@@ -140,10 +153,16 @@ def write_retry_batch(
         batches.items_path(folder, number).open("wb") as target_items,
     ):
         for line, item_line in zip(source, source_items, strict=True):
-            if orjson.loads(item_line)[0] in item_ids:
-                target.write(line)
-                target_items.write(item_line)
-                count += 1
+            item = orjson.loads(item_line)
+            if item[0] not in item_ids:
+                continue
+            reask = reasks.get(item[0])
+            if reask is not None:
+                line = api.reasked_line(line, reask.messages)
+                item_line = orjson.dumps([*item[:4], reask.earlier]) + b"\n"
+            target.write(line)
+            target_items.write(item_line)
+            count += 1
     state = batches.BatchState(
         run_id=run.run_id, number=number, items=count, chunks=chunks, retry_of=of.number
     )

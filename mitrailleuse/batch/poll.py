@@ -21,13 +21,14 @@ import redis
 from mitrailleuse import keys
 from mitrailleuse.batch import state as batches
 from mitrailleuse.batch.create import downloaded, upload_and_create, write_retry_batch
-from mitrailleuse.cost.pricing import ModelPrice, cost_usd
+from mitrailleuse.cost.pricing import cost_usd
 from mitrailleuse.pipeline import assembler
-from mitrailleuse.pipeline.caller import context_for
+from mitrailleuse.pipeline.caller import RunContext, context_for
 from mitrailleuse.pipeline.chunks import chunk_of
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import Answer, ProviderError
 from mitrailleuse.records import ItemRef, failed, read_records, succeeded
+from mitrailleuse.structured import Reask, earlier_after, reask_messages, structured_record
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
@@ -87,28 +88,33 @@ def poll_one(client: redis.Redis, folder: TaskFolder, number: int) -> int:
     state.next_check_at = time.time() + section.batch.batch_check_time
     batches.save(folder, state)
     if batch.ended:
-        collect(run, folder, state, context.provider, context.price)
+        collect(run, folder, state, context)
     return 1
 
 
 def collect(
-    run: RunState,
-    folder: TaskFolder,
-    state: batches.BatchState,
-    provider: Any,
-    price: ModelPrice | None,
+    run: RunState, folder: TaskFolder, state: batches.BatchState, context: RunContext
 ) -> None:
-    """Turn an ended batch's files into one record per item; resend the missing ones once."""
-    refs = _item_refs(folder, state.number)
-    records = _read_results(folder, state, refs, provider, price)
-    missing = {item_id for item_id in refs if item_id not in records}
-    resent: set[int] = set()
+    """Turn an ended batch's files into one record per item.
+
+    The missing ones are sent once more, and answers that do not match the response schema
+    asked again (``structured.max_reasks``), in a new batch.
+    """
+    provider = context.provider
+    refs, earlier = _item_refs(folder, state.number)
+    results = _Results(state, refs, earlier, context, may_reask=not run.cancelled)
+    results.read(folder)
+    records, again = results.records, set(results.reasks)
+    missing = {item_id for item_id in refs if item_id not in records and item_id not in again}
     if missing and not run.cancelled:
         if state.retry_of is None:
-            resent = {chunk_of(refs[i].ordinal, run.settings.chunk_size) for i in missing}
-            write_retry_batch(run, folder, state, missing, sorted(resent))
+            again |= missing
         else:
             records.update(_missing_after_resend(state, provider, missing, refs))
+    resent = {chunk_of(refs[i].ordinal, run.settings.chunk_size) for i in again}
+    if again:
+        api = provider.native_batches()
+        write_retry_batch(run, folder, state, again, sorted(resent), api, results.reasks)
     _store(run, folder, state, refs, records, resent)
 
 
@@ -117,7 +123,7 @@ def refuse(run: RunState, folder: TaskFolder, state: batches.BatchState, provide
 
     At once, with the refusal: not a batch submitted again forever.
     """
-    refs = _item_refs(folder, state.number)
+    refs, _ = _item_refs(folder, state.number)
     error = {"type": "batch_refused", "message": state.message, "status_code": None}
     records = {
         item_id: failed(ref, provider.name, provider.model, error, 1, mode="batch")
@@ -151,38 +157,91 @@ def _store(
     assembler.finish_if_complete(run)
 
 
-def _item_refs(folder: TaskFolder, number: int) -> dict[str, ItemRef]:
-    """The items of a batch by id, from its items file (one line per request line)."""
+def _item_refs(
+    folder: TaskFolder, number: int
+) -> tuple[dict[str, ItemRef], dict[str, dict[str, Any]]]:
+    """The items of a batch by id, from its items file (one line per request line).
+
+    And, for items asked again, what their earlier answers cost (a fifth field).
+    """
     refs: dict[str, ItemRef] = {}
+    earlier: dict[str, dict[str, Any]] = {}
     with batches.items_path(folder, number).open("rb") as handle:
         for line in handle:
-            item_id, input_file, index, ordinal = orjson.loads(line)
+            item_id, input_file, index, ordinal, *spent = orjson.loads(line)
             refs[item_id] = ItemRef(item_id, input_file, index, ordinal)
-    return refs
+            if spent:
+                earlier[item_id] = spent[0]
+    return refs, earlier
 
 
-def _read_results(
-    folder: TaskFolder,
-    state: batches.BatchState,
-    refs: dict[str, ItemRef],
-    provider: Any,
-    price: ModelPrice | None,
-) -> dict[str, dict[str, Any]]:
-    """A record for each item the batch's output or error file answers (the first answer wins)."""
-    attempts = 1 if state.retry_of is None else 2
-    api = provider.native_batches()
-    by_custom_id = {api.custom_id(state.run_id, r.id, r.ordinal): r for r in refs.values()}
-    records: dict[str, dict[str, Any]] = {}
-    for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
-        path = downloaded(api, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
-        if path is None:
-            continue
-        for entry in read_records(path):
-            result = api.result(entry)
-            ref = by_custom_id.get(result.custom_id or "")
-            if ref is not None and ref.id not in records and result.outcome is not None:
-                records[ref.id] = _record(ref, result.outcome, provider, attempts, price)
-    return records
+class _Results:
+    """A batch's output and error files read into records, and the answers to ask again."""
+
+    def __init__(
+        self,
+        state: batches.BatchState,
+        refs: dict[str, ItemRef],
+        earlier: dict[str, dict[str, Any]],
+        context: RunContext,
+        may_reask: bool,
+    ) -> None:
+        self.state, self.refs, self.earlier = state, refs, earlier
+        self.provider, self.price = context.provider, context.price
+        self.cost_limit = context.cost_limit
+        self.may_reask = may_reask
+        self.records: dict[str, dict[str, Any]] = {}
+        self.reasks: dict[str, Reask] = {}
+
+    def read(self, folder: TaskFolder) -> None:
+        """A record (or a re-ask) for each item the files answer (the first answer wins)."""
+        state = self.state
+        api = self.provider.native_batches()
+        refs = self.refs.values()
+        by_custom_id = {api.custom_id(state.run_id, r.id, r.ordinal): r for r in refs}
+        for kind, file_id in (("output", state.output_file_id), ("errors", state.error_file_id)):
+            path = downloaded(api, file_id, folder.batches_dir / f"{state.name}-{kind}.jsonl")
+            if path is None:
+                continue
+            for entry in read_records(path):
+                result = api.result(entry)
+                ref = by_custom_id.get(result.custom_id or "")
+                taken = ref is None or ref.id in self.records or ref.id in self.reasks
+                if not taken and result.outcome is not None:
+                    self._take(ref, result.outcome)
+
+    def _take(self, ref: ItemRef, outcome: Answer | ProviderError) -> None:
+        provider, earlier = self.provider, self.earlier.get(ref.id)
+        attempts = len((earlier or {}).get("costs_usd", [])) + 1
+        if earlier is None and self.state.retry_of is not None:
+            attempts = 2  # sent once more: missing from the first batch
+        if isinstance(outcome, ProviderError):
+            error = outcome.as_record_error()
+            record = failed(ref, provider.name, provider.model, error, attempts, mode="batch")
+            self.records[ref.id] = record
+            return
+        cost = cost_usd(self.price, outcome.usage, batch=True)
+        structured = provider.structured
+        if structured is None:
+            self.records[ref.id] = succeeded(
+                ref, provider.name, provider.model, outcome, attempts, 0, "batch", cost
+            )
+            return
+        judgement = structured.judge(outcome)
+        item = {"earlier": earlier}
+        if (
+            judgement.problem is not None
+            and self.may_reask
+            and structured.may_reask(item, judgement)
+        ):
+            messages = reask_messages(outcome.output, judgement.problem)
+            self.reasks[ref.id] = Reask(messages, earlier_after(earlier, outcome, cost))
+            self.cost_limit.spend(cost or 0.0)
+            return
+        self.records[ref.id] = structured_record(
+            ref, earlier, provider.name, provider.model, outcome, judgement, attempts, 0,
+            "batch", cost,
+        )  # fmt: skip
 
 
 def _missing_after_resend(
@@ -199,23 +258,6 @@ def _missing_after_resend(
         item_id: failed(refs[item_id], provider.name, provider.model, error, 2, mode="batch")
         for item_id in missing
     }
-
-
-def _record(
-    ref: ItemRef,
-    outcome: Answer | ProviderError,
-    provider: Any,
-    attempts: int,
-    price: ModelPrice | None,
-) -> dict[str, Any]:
-    """An item's record from its batch result, at the batch price."""
-    if isinstance(outcome, ProviderError):
-        error = outcome.as_record_error()
-        return failed(ref, provider.name, provider.model, error, attempts, mode="batch")
-    cost = cost_usd(price, outcome.usage, batch=True)
-    return succeeded(
-        ref, provider.name, provider.model, outcome, attempts, 0, mode="batch", cost_usd=cost
-    )
 
 
 def cancel_all(run: RunState, folder: TaskFolder) -> int:

@@ -59,6 +59,7 @@ from mitrailleuse.ratelimit import (
     RedisLimiter,
 )
 from mitrailleuse.records import ItemRef, failed, succeeded
+from mitrailleuse.structured import reasked_item, structured_record
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,14 @@ class CallOutcome:
     retry_in_s: float | None = None
     attempted: set[int] = field(default_factory=set)
     limited: bool = False
+    #: Items sent again as changed here (a re-ask's conversation), by ordinal.
+    changed: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, other: CallOutcome) -> None:
         """Fold another call's outcome in: the message retries after the longest wait."""
         self.stored += other.stored
         self.attempted |= other.attempted
+        self.changed |= other.changed
         self.limited = self.limited or other.limited
         if other.retry_in_s is not None:
             self.retry_in_s = max(self.retry_in_s or 0.0, other.retry_in_s)
@@ -456,7 +460,7 @@ def _call_claimed(
         context.limiter.observe(sent.result.limits)
         answers = sent.result.answers
         return _store_answers(
-            run, chunk, context, items, answers, attempt, sent.latency_ms, hashes, held, lease
+            run, chunk, context, claimed, answers, attempt, sent.latency_ms, hashes, held, lease
         )
 
 
@@ -464,7 +468,7 @@ def _store_answers(
     run: RunState,
     chunk: int,
     context: RunContext,
-    items: list[ItemRef],
+    claimed: list[dict[str, Any]],
     answers: list[Answer],
     attempt: int,
     latency_ms: int,
@@ -474,50 +478,63 @@ def _store_answers(
 ) -> CallOutcome:
     """Records of a call's answers, its claims freed and its lease ended with them.
 
-    Answers too like recent ones may be asked again instead (similarity check).
+    An answer that does not match the response schema, or is too like recent ones (similarity
+    check), may be asked again instead.
     """
     provider = context.provider
-    records = {
-        item.ordinal: succeeded(
-            item,
-            provider.name,
-            provider.model,
-            answer,
-            attempt,
-            latency_ms,
-            cost_usd=cost_usd(context.price, answer.usage),
-        )
-        for item, answer in zip(items, answers, strict=True)
+    records: dict[int, dict[str, Any]] = {}
+    changed: dict[int, dict[str, Any]] = {}  # items asked again with what was wrong
+    for item, answer in zip(claimed, answers, strict=True):
+        ref, cost = ItemRef.of(item), cost_usd(context.price, answer.usage)
+        structured = provider.structured
+        if structured is None:
+            records[ref.ordinal] = succeeded(
+                ref, provider.name, provider.model, answer, attempt, latency_ms, cost_usd=cost
+            )
+            continue
+        judgement = structured.judge(answer)
+        if judgement.problem is not None and structured.may_reask(item, judgement):
+            changed[ref.ordinal] = reasked_item(item, answer, judgement.problem, cost)
+            context.cost_limit.spend(cost or 0.0)
+            reason = f"answer does not match the schema: {judgement.problem}"
+            _log_retry(run, provider, [ref.id], attempt + 1, 0.0, reason)
+            continue
+        earlier = item.get("earlier")
+        records[ref.ordinal] = structured_record(
+            ref, earlier, provider.name, provider.model, answer, judgement, attempt, latency_ms,
+            cost_usd=cost,
+        )  # fmt: skip
+    by_ordinal = {
+        item["ordinal"]: (item["id"], a) for item, a in zip(claimed, answers, strict=True)
     }
+    answered = [o for o, record in records.items() if record["status"] == "succeeded"]
     reask: set[int] = set()
     similarity = context.config.general.similarity_check
     if similarity.enabled:
-        texts = [(item.id, answer.output) for item, answer in zip(items, answers, strict=True)]
+        texts = [(by_ordinal[o][0], by_ordinal[o][1].output) for o in answered]
         matches = check_answers(run.redis, run.run_id, similarity.settings, texts)
-        for item in items:
-            match = matches.get(item.id)
+        for ordinal in answered:
+            match = matches.get(by_ordinal[ordinal][0])
             if match is None:
                 continue
             if attempt <= similarity.settings.reask_attempts:
-                reask.add(item.ordinal)
-                context.cost_limit.spend(records[item.ordinal]["cost_usd"] or 0.0)
+                reask.add(ordinal)
+                context.cost_limit.spend(records[ordinal]["cost_usd"] or 0.0)
             else:
-                records[item.ordinal].update(
-                    similar_to=match.similar_to, similarity=match.similarity
-                )
+                records[ordinal].update(similar_to=match.similar_to, similarity=match.similarity)
     if context.cache is not None:
         context.cache.put(
-            (hashes[item.ordinal], answer)
-            for item, answer in zip(items, answers, strict=True)
-            if item.ordinal in hashes and item.ordinal not in reask
+            (hashes[o], by_ordinal[o][1]) for o in answered if o in hashes and o not in reask
         )
     kept = [(o, record) for o, record in records.items() if o not in reask]
     stored = run.store_records(chunk, kept, release=held, lease=lease)
     if reask:
         wait_s = similarity.settings.cooldown_period
-        ids = [item.id for item in items if item.ordinal in reask]
+        ids = [by_ordinal[o][0] for o in reask]
         _log_retry(run, provider, ids, attempt + 1, wait_s, "answer too like a recent one")
-        return CallOutcome(stored, wait_s, reask)
+    if reask or changed:
+        wait_s = similarity.settings.cooldown_period if reask else 0.0
+        return CallOutcome(stored, wait_s, reask | set(changed), changed=changed)
     return CallOutcome(stored)
 
 
@@ -530,23 +547,22 @@ def _store_hits(
 ) -> int:
     """``cached`` records for the items the cache answered: no call, no cost."""
     records = [
-        (
-            item["ordinal"],
-            succeeded(
-                ItemRef.of(item),
-                provider.name,
-                provider.model,
-                hits[item["ordinal"]],
-                attempts=0,
-                latency_ms=0,
-                cost_usd=0.0,
-                cached=True,
-            ),
-        )
+        (item["ordinal"], _cached_record(provider, ItemRef.of(item), hits[item["ordinal"]]))
         for item in items
         if item["ordinal"] in hits
     ]
     return run.store_records(chunk, records) if records else 0
+
+
+def _cached_record(provider: Provider, item: ItemRef, answer: Answer) -> dict[str, Any]:
+    """The record of an answer the cache gave (judged like a fresh one, when structured)."""
+    name, model = provider.name, provider.model
+    if provider.structured is None:
+        return succeeded(item, name, model, answer, 0, 0, cost_usd=0.0, cached=True)
+    judgement = provider.structured.judge(answer)
+    return structured_record(
+        item, None, name, model, answer, judgement, 0, 0, cost_usd=0.0, cached=True
+    )
 
 
 def _acquire(

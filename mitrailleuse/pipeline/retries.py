@@ -9,7 +9,7 @@ provider only sorts its errors (``Provider.classify``); the policy is ``<provide
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -56,12 +56,18 @@ def attempt_of(item: dict[str, Any]) -> int:
     return item.get("attempt", 1)
 
 
-def count_attempts(items: list[dict[str, Any]], attempted: Collection[int]) -> list[dict[str, Any]]:
+def count_attempts(
+    items: list[dict[str, Any]],
+    attempted: Collection[int],
+    changed: Mapping[int, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The items of a message sent again: those whose call failed (``attempted``) used one.
 
     Items the rate limiter or the cost limit held back, or that waited for a call elsewhere,
-    used none.
+    used none. An item asked again goes as ``changed`` says (its conversation extended).
     """
+    changed = changed or {}
+    items = [changed.get(item["ordinal"], item) for item in items]
     return [
         {**item, "attempt": attempt_of(item) + 1} if item["ordinal"] in attempted else item
         for item in items

@@ -26,7 +26,7 @@ from mitrailleuse import keys
 from mitrailleuse.inputs import Cursor
 from mitrailleuse.pipeline.liveness import ALIVE_PREFIX
 from mitrailleuse.ratelimit import Claims, Lease
-from mitrailleuse.records import Mode
+from mitrailleuse.records import Mode, new_spend
 from mitrailleuse.scripts import script
 from mitrailleuse.taskfolder import FINAL_STATES, Counts, TaskFolder, TaskState
 
@@ -464,7 +464,7 @@ class RunState:
         lease_keys, lease_args = lease.ending() if lease is not None else ([], ["", 0, 0])
         args: list[Any] = [keys.events(self.run_id), *lease_args]
         for ordinal, record in records:
-            args += [ordinal, orjson.dumps(record), _outcome(record), record.get("cost_usd") or 0.0]
+            args += [ordinal, orjson.dumps(record), _outcome(record), new_spend(record)]
         claim_keys = release.keys if release is not None else []
         stored = _store_script(self.redis)(
             keys=[keys.chunk_records(self.run_id, chunk), self.key, *lease_keys, *claim_keys],

@@ -55,7 +55,7 @@ def call(self: Task, run_id: str, chunk: int, items: list[dict[str, Any]]) -> in
         visibility_timeout_s = app.conf.broker_transport_options["visibility_timeout"]
         with kept_if_unpublished():
             raise self.retry(
-                args=(run_id, chunk, count_attempts(items, outcome.attempted)),
+                args=(run_id, chunk, count_attempts(items, outcome.attempted, outcome.changed)),
                 countdown=countdown_s(outcome.retry_in_s, visibility_timeout_s),
                 argsrepr=self.request.argsrepr,  # monitoring shows ids, never the requests
                 kwargsrepr=self.request.kwargsrepr,

@@ -95,6 +95,10 @@ def rate_limits(headers: Mapping[str, str]) -> RateLimitReport:
     return RateLimitReport(budget("requests"), budget("tokens", "input-tokens"))
 
 
+#: What the forced tool of a structured request says it is for.
+TOOL_DESCRIPTION = "Give the answer as this tool's input, which must match its schema."
+
+
 class AnthropicProvider(PostingChatProvider):
     """Anthropic's Messages API."""
 
@@ -128,15 +132,34 @@ class AnthropicProvider(PostingChatProvider):
         body = {"model": self.model, **self.settings, "messages": messages}
         if system:
             body["system"] = system
+        if self.structured is not None:
+            name = self.structured.name
+            tool = {
+                "name": name,
+                "description": TOOL_DESCRIPTION,
+                "input_schema": self.structured.schema,
+            }
+            body["tools"] = [tool]
+            body["tool_choice"] = {"type": "tool", "name": name}
         return body
 
     @staticmethod
     def parse(content: bytes, status_code: int = 200) -> Answer:
-        """The text blocks of a message, and its usage in the shared names."""
+        """The text blocks of a message (or its forced tool's input), and its usage.
+
+        A structured answer is the input of the tool the request forced, as JSON text.
+        """
         try:
             body = orjson.loads(content)
             blocks = body["content"]
-            output = "".join(b["text"] for b in blocks if b.get("type") == "text")
+            if body.get("stop_reason") == "refusal":
+                said = "".join(b["text"] for b in blocks if b.get("type") == "text")
+                raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused: {said}")
+            tools = [b["input"] for b in blocks if b.get("type") == "tool_use"]
+            if tools:
+                output = orjson.dumps(tools[0]).decode()
+            else:
+                output = "".join(b["text"] for b in blocks if b.get("type") == "text")
             usage = body["usage"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             shown = content[:120].decode("utf-8", "replace")
@@ -146,7 +169,8 @@ class AnthropicProvider(PostingChatProvider):
                 f"unreadable {status_code} response body: {shown!r}",
                 status_code,
             ) from None
-        return Answer(output=output, response=body, usage=_usage(usage))
+        truncated = body.get("stop_reason") == "max_tokens"
+        return Answer(output=output, response=body, usage=_usage(usage), truncated=truncated)
 
     def classify(self, error: anthropic.APIError) -> ProviderError:
         """Sort an SDK error: spend limits halt, 429 pauses, 529 and 5xx retry."""
@@ -209,6 +233,7 @@ class AnthropicBatchAPI(NativeBatchAPI):
 
     sdk_errors = (anthropic.APIError,)
     max_requests = 100_000
+    body_key = "params"
     max_bytes = 256 * 1024 * 1024
 
     def custom_id(self, run_id: str, item_id: str, ordinal: int) -> str:

@@ -14,11 +14,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel
 
 from mitrailleuse.errors import ConfigError, MitrailleuseError
+
+if TYPE_CHECKING:
+    from mitrailleuse.structured import Structured
 
 #: Status codes that will not get better by asking again.
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413, 422})
@@ -87,6 +91,8 @@ class Answer:
     output: str
     response: dict[str, Any]
     usage: dict[str, int] = field(default_factory=dict)
+    #: Cut at the completion token limit (OpenAI's ``finish_reason: length``).
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,8 @@ class NativeBatchAPI(ABC):
     max_bytes: ClassVar[int]
     #: How many of the account's batches are searched for one created before a crash.
     lookup_limit: ClassVar[int] = 1000
+    #: Where a request line holds the request's body.
+    body_key: ClassVar[str]
 
     #: The errors of the provider's SDK (``refusal`` sorts them with the provider's classify).
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -209,6 +217,12 @@ class NativeBatchAPI(ABC):
         #: The provider whose client, request bodies and answers the batches use.
         self.provider = provider
         self.client = provider.client
+
+    def reasked_line(self, line: bytes, messages: list[dict[str, Any]]) -> bytes:
+        """A request line with ``messages`` added to its conversation: a re-ask, batched."""
+        entry = orjson.loads(line)
+        entry[self.body_key] = self.provider.extend_body(entry[self.body_key], messages)
+        return orjson.dumps(entry) + b"\n"
 
     def refusal(self, error: BaseException) -> ProviderError | None:
         """The provider's refusal of a batch for good (a bad request, a bad key, no quota).
@@ -287,6 +301,8 @@ class Provider(ABC):
     #: Whether :meth:`send_async` exists: the calls of a message then go out concurrently on
     #: the worker's call loop; without it they are sent one after the other by :meth:`send`.
     async_calls: bool = False
+    #: The schema every answer must follow (structured outputs); None: text answers.
+    structured: Structured | None = None
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -305,6 +321,11 @@ class Provider(ABC):
     def model_name(cls, config: Any) -> str:
         """The model a config selects, without building a client."""
         return config.api_information.model
+
+    @classmethod
+    def check_section(cls, config: Any) -> None:
+        """Refuse, at ``create``, a section this provider cannot serve (raises ConfigError)."""
+        return None
 
     @classmethod
     @abstractmethod

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from mitrailleuse.errors import ConfigError
 from mitrailleuse.inputs import get_field
 from mitrailleuse.providers.base import (
     Answer,
@@ -31,6 +32,7 @@ from mitrailleuse.providers.base import (
     ProviderError,
     RateLimitReport,
 )
+from mitrailleuse.structured import Structured, refused_keyword
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -109,6 +111,47 @@ class ChatProvider(Provider):
     default_base_url: ClassVar[str | None] = None
     #: The completion budget of a call whose settings give none.
     default_completion_tokens: ClassVar[int] = 256
+    #: JSON Schema keywords the provider's structured outputs do not take.
+    refused_schema_keywords: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(config, api_key, proxies)
+        given = config.api_information.response_schema
+        #: The schema every answer must follow, as this provider sends it (None: text answers).
+        self.structured = (
+            None
+            if given is None
+            else Structured(
+                given.name, self.sent_schema(given.json_schema), config.structured.max_reasks
+            )
+        )
+
+    @classmethod
+    def check_section(cls, config: Any) -> None:
+        """A response schema the provider's structured outputs cannot take is refused."""
+        given = config.api_information.response_schema
+        refusal = given and cls.schema_refusal(given.json_schema)
+        if refusal:
+            raise ConfigError(
+                f"{cls.name}.api_information.response_schema: {refusal}, which {cls.name}'s "
+                "structured outputs do not take"
+            )
+
+    @classmethod
+    def schema_refusal(cls, schema: dict[str, Any]) -> str | None:
+        """What in the schema the provider does not take (None: it takes it all)."""
+        return refused_keyword(schema, cls.refused_schema_keywords)
+
+    @classmethod
+    def sent_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        """The schema as the provider's request carries it."""
+        return schema
+
+    def extend_body(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """A request body with ``messages`` added to its conversation (a re-ask)."""
+        return {**body, "messages": [*body["messages"], *messages]}
 
     @classmethod
     def base_url(cls, config: Any) -> str | None:

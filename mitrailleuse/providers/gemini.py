@@ -133,6 +133,18 @@ def _details(details: Any) -> list[dict[str, Any]]:
     return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
 
 
+#: Finish reasons that mean the model would not answer.
+REFUSALS = frozenset(
+    {
+        types.FinishReason.SAFETY,
+        types.FinishReason.RECITATION,
+        types.FinishReason.BLOCKLIST,
+        types.FinishReason.PROHIBITED_CONTENT,
+        types.FinishReason.SPII,
+    }
+)
+
+
 class GeminiProvider(ChatProvider):
     """Gemini's ``generateContent``."""
 
@@ -141,6 +153,13 @@ class GeminiProvider(ChatProvider):
     key_variables = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     supports_native_batch = True
     base_url_variable = "GEMINI_BASE_URL"
+    #: ``responseJsonSchema`` takes a subset of JSON Schema; these are not in it.
+    refused_schema_keywords = frozenset(
+        {
+            "allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+            "patternProperties", "unevaluatedProperties", "propertyNames",
+        }
+    )  # fmt: skip
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -169,9 +188,17 @@ class GeminiProvider(ChatProvider):
         body: dict[str, Any] = {"model": self.model, "contents": _contents(messages)}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
-        if self.generation:
-            body["generationConfig"] = self.generation
+        generation = self.generation
+        if self.structured is not None:
+            answer_as = {"responseMimeType": "application/json"}
+            generation = {**generation, **answer_as, "responseJsonSchema": self.structured.schema}
+        if generation:
+            body["generationConfig"] = generation
         return body
+
+    def extend_body(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """A request body with ``messages`` added to its ``contents`` (a re-ask)."""
+        return {**body, "contents": [*body["contents"], *_contents(messages)]}
 
     def _arguments(self, payloads: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
         """``generate_content``'s arguments: the body's parts in the SDK's config."""
@@ -205,9 +232,12 @@ class GeminiProvider(ChatProvider):
         candidates = response.candidates or []
         parts = (candidates[0].content.parts or []) if candidates and candidates[0].content else []
         texts = [part.text for part in parts if part.text and not part.thought]
+        reason = candidates[0].finish_reason if candidates else None
+        blocked = response.prompt_feedback.block_reason if response.prompt_feedback else None
+        if not texts and (blocked or reason in REFUSALS):
+            said = f"finish reason {reason}, block reason {blocked}"
+            raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused ({said})")
         if not texts:
-            reason = candidates[0].finish_reason if candidates else None
-            blocked = response.prompt_feedback.block_reason if response.prompt_feedback else None
             raise ProviderError(
                 ErrorKind.FATAL,
                 "no_answer",
@@ -217,6 +247,7 @@ class GeminiProvider(ChatProvider):
             output="".join(texts),
             response=response.model_dump(mode="json", exclude_none=True),
             usage=_usage(response.usage_metadata),
+            truncated=reason == types.FinishReason.MAX_TOKENS,
         )
 
     def classify(self, error: BaseException) -> ProviderError:
@@ -297,6 +328,7 @@ class GeminiBatchAPI(NativeBatchAPI):
 
     sdk_errors = (errors.APIError, ValidationError)
     max_requests = 100_000
+    body_key = "request"
     max_bytes = 2 * 1000 * 1000 * 1000
 
     def request_line(self, custom_id: str, payload: Mapping[str, Any]) -> bytes:

@@ -44,6 +44,7 @@ from mitrailleuse.providers.chat import (
     connect_failure,
     retry_after_s,
 )
+from mitrailleuse.structured import strict_schema, subschemas
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -92,6 +93,13 @@ class OpenAIProvider(PostingChatProvider):
     aiohttp_client_class = openai.DefaultAioHttpClient
     sdk_error = openai.APIError
     path = CHAT_PATH
+    refused_schema_keywords = frozenset(
+        {
+            "allOf", "oneOf", "not", "if", "then", "else", "dependentRequired",
+            "dependentSchemas", "patternProperties", "unevaluatedProperties", "propertyNames",
+            "minProperties", "maxProperties", "unevaluatedItems", "contains", "uniqueItems",
+        }
+    )  # fmt: skip
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -101,18 +109,37 @@ class OpenAIProvider(PostingChatProvider):
 
     def request_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The full JSON body for a payload, as the live call and a batch line send it."""
-        return {
-            "model": self.model,
-            **self.settings,
-            "messages": payload["messages"],
-        }
+        body = {"model": self.model, **self.settings, "messages": payload["messages"]}
+        if self.structured is not None:
+            schema = {"name": self.structured.name, "schema": self.structured.schema}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {**schema, "strict": True},
+            }
+        return body
+
+    @classmethod
+    def schema_refusal(cls, schema: dict[str, Any]) -> str | None:
+        """Strict mode's limits: no open objects, and only the keywords it lists."""
+        for path, node in subschemas(schema):
+            if node.get("additionalProperties", False) is not False:
+                return f"an open object ('additionalProperties') at {path}"
+        return super().schema_refusal(schema)
+
+    @classmethod
+    def sent_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        """Strict mode's shape: every object closed, every property required (or nullable)."""
+        return strict_schema(schema)
 
     @staticmethod
     def parse(content: bytes, status_code: int = 200) -> Answer:
         """Read the answer out of a chat completion body; a malformed 200 is retryable."""
         try:
             body = orjson.loads(content)
-            message = body["choices"][0]["message"]
+            choice = body["choices"][0]
+            message = choice["message"]
+            if refusal := message.get("refusal"):
+                raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused: {refusal}")
             output = message.get("content")
             if output is None and not message.get("tool_calls"):
                 raise ValueError("no content")
@@ -129,7 +156,8 @@ class OpenAIProvider(PostingChatProvider):
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached:
             counts["cached_tokens"] = cached  # billed at the cached-input price
-        return Answer(output=output or "", response=body, usage=counts)
+        truncated = choice.get("finish_reason") == "length"
+        return Answer(output=output or "", response=body, usage=counts, truncated=truncated)
 
     def classify(self, error: openai.APIError) -> ProviderError:
         """Sort an SDK error into retry, rate-limited or fatal."""
@@ -170,6 +198,7 @@ class OpenAIBatchAPI(NativeBatchAPI):
 
     sdk_errors = (openai.APIError,)
     max_requests = 50_000
+    body_key = "body"
     max_bytes = 200 * 1024 * 1024
     #: The endpoint every request line targets.
     endpoint = "/v1/chat/completions"

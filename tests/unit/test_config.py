@@ -256,9 +256,12 @@ def test_the_reference_documents_every_field_with_its_default():
     for path, model in _sections(TaskConfig):
         rows = tables.get(path or "config.json")
         assert rows is not None, f"docs/configuration.md: no heading names `{path}`"
-        for name, field in model.model_fields.items():
+        for field_name, field in model.model_fields.items():
+            name = field.alias or field_name  # the key users write
             assert name in rows, f"docs/configuration.md: `{path}` lacks a row for `{name}`"
-            if field.default_factory is None:
+            if field.is_required():
+                assert rows[name][1] == "(required)", (path, name, rows[name])
+            elif field.default_factory is None:
                 shown = _documented_defaults(field.default)
                 assert any(text in rows[name][1] for text in shown), (path, name, rows[name])
 
@@ -267,7 +270,8 @@ def test_the_reference_marks_exactly_the_settings_without_effect():
     tables = _reference_rows()
     for path, model in _sections(TaskConfig):
         rows = tables[path or "config.json"]
-        for name in model.model_fields:
+        for field_name, field in model.model_fields.items():
+            name = field.alias or field_name
             dotted = f"{path}.{name}" if path else name
             ancestry = [dotted[: i.start()] for i in re.finditer(r"\.|$", dotted)]
             expected = any(fnmatch(part, key) for part in ancestry for key in WITHOUT_EFFECT)
