@@ -32,7 +32,7 @@ from mitrailleuse.config import (
     TaskConfig,
     load_config,
     parse_config,
-    with_response_model,
+    set_response_model,
     without_effect,
 )
 from mitrailleuse.credentials import scrub_config
@@ -356,7 +356,7 @@ class Mitrailleuse:
         else:
             model = load_config(Path(config))
         if response_model is not None:
-            model = with_response_model(model, api, response_model)
+            set_response_model(model, api, response_model)
         scrub_config(model)
         ignored = without_effect(model)
         if ignored:

@@ -575,17 +575,16 @@ def load_config(path: Path, strict: bool = False) -> TaskConfig:
     return parse_config(data, str(path), strict)
 
 
-def with_response_model(
-    config: TaskConfig, provider: ProviderName, model: type[BaseModel]
-) -> TaskConfig:
-    """The config with ``model``'s JSON Schema as the provider's response schema."""
-    data = config.model_dump(mode="json")
-    section = data.setdefault(provider, {})
-    if "api_information" not in section:
+def set_response_model(config: TaskConfig, provider: ProviderName, model: type[BaseModel]) -> None:
+    """Make ``model``'s JSON Schema the provider's response schema (structured outputs)."""
+    information = getattr(config.provider(provider), "api_information", None)
+    if information is None:
         raise ConfigError(f"{provider} has no structured outputs: response_model is for chat APIs")
     schema = {"name": model.__name__, "schema": model.model_json_schema()}
-    section["api_information"]["response_schema"] = schema
-    return parse_config(data, f"response_model {model.__name__}")
+    try:
+        information.response_schema = ResponseSchema.model_validate(schema)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, f"response_model {model.__name__}")) from None
 
 
 def json_schema() -> dict[str, Any]:

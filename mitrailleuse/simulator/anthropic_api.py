@@ -26,11 +26,20 @@ Choices where the real API gives no exact model to copy:
   A cancel ends the batch a tenth of ``batch_duration_s`` later; the requests already processed
   (a linear share of the elapsed duration) keep their result, the others are ``canceled``.
   Results come in a shuffled order (never the input order), as the real API warns they may.
+* Structured outputs: a ``tool_choice`` of type ``tool`` (naming one of ``tools``) gets a
+  ``tool_use`` block calling that tool, its ``input`` an object following the tool's
+  ``input_schema`` (``schema_answers``), and ``stop_reason`` ``"tool_use"``. The markers of the
+  first user message: ``[[schema-invalid]]`` / ``[[schema-invalid-once]]`` make that input
+  break the schema (the second not in a re-ask, which holds an assistant message);
+  ``[[refusal]]`` answers ``stop_reason`` ``"refusal"`` with a text block saying sorry (no
+  tool_use); ``[[length]]`` ``stop_reason`` ``"max_tokens"`` with the tool's ``input`` cut to
+  ``{}`` (a plain answer: its text cut in half). The last two act on plain answers too.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import time
@@ -50,7 +59,8 @@ from mitrailleuse.simulator.app import (
     parse_markers,
     retry_headers,
 )
-from mitrailleuse.simulator.openai_api import _answer, _bearer_ok, _scan
+from mitrailleuse.simulator.openai_api import Scan, _bearer_ok, _scan
+from mitrailleuse.simulator.schema_answers import Reply
 
 MESSAGES_PATH = "/v1/messages"
 BATCHES_PATH = "/v1/messages/batches"
@@ -75,6 +85,7 @@ _ERROR_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+_STOP_REASONS = {"stop": "end_turn", "refusal": "refusal", "length": "max_tokens"}
 
 
 def error_type(status: int) -> str:
@@ -157,11 +168,14 @@ def validate_params(body: Any) -> str:
         return "system: Input should be a valid string or list of text blocks"
     if body.get("stream"):
         return "stream: the simulator does not support stream=true"
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and forced_tool(body)[0] is None:
+        return f"tool_choice: no tool named {choice.get('name')!r} with an input_schema in tools"
     return ""
 
 
-def read_params(body: dict[str, Any]) -> tuple[str | None, str, int]:
-    """Return (system text, last user text, input tokens) of valid Messages params.
+def read_params(body: dict[str, Any]) -> Scan:
+    """Read valid Messages params.
 
     The system prompt is scanned as a leading OpenAI system message, so the text and the
     token estimate are exactly the OpenAI simulator's for the same conversation.
@@ -171,23 +185,50 @@ def read_params(body: dict[str, Any]) -> tuple[str | None, str, int]:
     return _scan([*lead, *body["messages"]])
 
 
+def forced_tool(body: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """The tool ``tool_choice`` makes the model call and its input schema, or ``(None, None)``."""
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(tools, list):
+        for tool in tools:
+            if (
+                isinstance(tool, dict)
+                and tool.get("name") == choice.get("name")
+                and isinstance(tool.get("input_schema"), dict)
+            ):
+                return tool["name"], tool["input_schema"]
+    return None, None
+
+
 def message_object(
-    message_id: str, model: str, answer: str, input_tokens: int, service_tier: str
+    message_id: str,
+    model: str,
+    answer: Reply,
+    tool: str | None,
+    input_tokens: int,
+    service_tier: str,
 ) -> dict[str, Any]:
-    """Build a ``message`` object answering ``answer``."""
+    """Build a ``message`` object answering ``answer``, as a call of ``tool`` when one is forced."""
+    stop_reason = _STOP_REASONS[answer.ending]
+    if tool is None or answer.ending == "refusal":
+        content = [{"type": "text", "text": answer.text}]
+    else:
+        tool_id = "toolu_" + os.urandom(12).hex()
+        content = [{"type": "tool_use", "id": tool_id, "name": tool, "input": answer.value}]
+        stop_reason = "tool_use" if answer.ending == "stop" else stop_reason
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": answer}],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {
             "input_tokens": input_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
-            "output_tokens": (len(answer) + 3) // 4,
+            "output_tokens": (len(answer.text) + 3) // 4,
             "service_tier": service_tier,
         },
     }
@@ -202,13 +243,18 @@ def _ratelimit_family(
     headers[prefix + "reset"] = rfc3339(math.ceil(reset), "seconds")
 
 
+_NO_ANSWER = Reply("")
+"""The answer of a batch request refused at creation: it is never sent."""
+
+
 @dataclass(slots=True)
 class _Request:
     """One batch request, judged at creation: its answer or the error it will end with."""
 
     custom_id: str
     model: str = ""
-    answer: str = ""
+    answer: Reply = _NO_ANSWER
+    tool: str | None = None
     input_tokens: int = 0
     error: tuple[int, str] | None = None
     missing: bool = False
@@ -348,10 +394,14 @@ class AnthropicApi:
         problem = validate_params(body)
         if problem:
             return self._error(400, problem)
-        system, user, input_tokens = read_params(body)
+        scan = read_params(body)
+        user = scan.user
         texts.append(user)
-        answer = _answer(system, user)
-        admission = state.admit(input_tokens + (len(answer) + 3) // 4)
+        tool, schema = forced_tool(body)
+        if schema is not None:
+            state.structured_requests += 1
+        answer = scan.reply(schema)
+        admission = state.admit(scan.prompt_tokens + (len(answer.text) + 3) // 4)
         headers = self._ratelimit_headers()
         if admission.rejected:
             return self._rate_limited(admission, headers)
@@ -364,7 +414,7 @@ class AnthropicApi:
         if state.random_failure():
             return self._error(500, "Internal server error", headers)
         message = message_object(
-            state.new_id("msg_"), body["model"], answer, input_tokens, "standard"
+            state.new_id("msg_"), body["model"], answer, tool, scan.prompt_tokens, "standard"
         )
         return self._json(message, headers)
 
@@ -381,7 +431,9 @@ class AnthropicApi:
         if "spend-limit" in markers:
             details = {"error_code": SPEND_LIMIT_CODE}
             return self._error(429, _spend_limit_message(), headers, details)
-        full = orjson.dumps(message_object("msg_truncated", "truncated", "echo", 1, "standard"))
+        full = orjson.dumps(
+            message_object("msg_truncated", "truncated", Reply("echo"), None, 1, "standard")
+        )
         return await state.body_fault(markers, full, headers)
 
     # -- batches ---------------------------------------------------------------------------
@@ -391,9 +443,10 @@ class AnthropicApi:
         problem = validate_params(params)
         if problem:
             return _Request(custom_id, error=(400, problem)), False
-        system, user, input_tokens = read_params(params)
-        item = _Request(custom_id, params["model"], _answer(system, user), input_tokens)
-        outcome, expires = batch_line_markers(user)
+        scan = read_params(params)
+        tool, schema = forced_tool(params)
+        item = _Request(custom_id, params["model"], scan.reply(schema), tool, scan.prompt_tokens)
+        outcome, expires = batch_line_markers(scan.user)
         if outcome > 0:
             item.error = (outcome, _marker_message(outcome))
         item.missing = outcome < 0
@@ -495,7 +548,12 @@ class AnthropicApi:
                     continue
                 else:
                     message = message_object(
-                        state.new_id("msg_"), item.model, item.answer, item.input_tokens, "batch"
+                        state.new_id("msg_"),
+                        item.model,
+                        item.answer,
+                        item.tool,
+                        item.input_tokens,
+                        "batch",
                     )
                     result = {"type": "succeeded", "message": message}
                 lines.append(orjson.dumps({"custom_id": item.custom_id, "result": result}))

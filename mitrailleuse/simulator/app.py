@@ -34,6 +34,9 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 _MARKER_RE = re.compile(r"\[\[([a-z-]+)(?::(\d{3}))?\]\]")
 
+STATELESS_ONCE = frozenset({"schema-invalid-once"})
+"""``-once`` markers with a meaning of their own, that keeps no state (see ``schema_answers``)."""
+
 HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
@@ -155,6 +158,7 @@ class SimState:
         self.anthropic_batches_created = 0
         self.gemini_requests = 0
         self.gemini_batches_created = 0
+        self.structured_requests = 0  # Live calls asking for a JSON Schema answer (any API).
         self.files_uploaded = 0
         self.deepl_characters = 0
         self.request_window: deque[float] = deque()
@@ -303,9 +307,9 @@ class SimState:
         """The markers in force for this request.
 
         ``[[name-once]]`` acts as ``[[name]]`` only the first time a text is sent, so that a
-        test sees a fault and then its retry succeed.
+        test sees a fault and then its retry succeed (but for :data:`STATELESS_ONCE`).
         """
-        once = [name for name in markers if name.endswith("-once")]
+        once = [name for name in markers if name.endswith("-once") and name not in STATELESS_ONCE]
         if not once:
             return markers
         active = {name: code for name, code in markers.items() if name not in once}
@@ -335,6 +339,7 @@ class SimState:
             "anthropic_batches_created": self.anthropic_batches_created,
             "gemini_requests": self.gemini_requests,
             "gemini_batches_created": self.gemini_batches_created,
+            "structured_requests": self.structured_requests,
             "files_uploaded": self.files_uploaded,
         }
 

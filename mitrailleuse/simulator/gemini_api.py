@@ -10,6 +10,14 @@ and must be registered before the OpenAI routes so that they are tried first.
 
 An API key is valid unless it starts with ``invalid`` (400 ``API_KEY_INVALID``, as Google
 answers a wrong key).
+
+Structured outputs: a ``generationConfig`` with ``responseMimeType`` ``application/json`` and a
+``responseJsonSchema`` (or ``responseSchema``, read alike, its type names case-blind) gets as
+its text the JSON of an object following the schema (``schema_answers``). The markers of the
+first user content: ``[[schema-invalid]]`` / ``[[schema-invalid-once]]`` make that object break
+the schema (the second not in a re-ask, which holds a ``model`` content); ``[[refusal]]``
+answers a candidate with ``finishReason`` ``SAFETY`` and no content; ``[[length]]`` the first
+half of the text with ``finishReason`` ``MAX_TOKENS``. The last two act on plain answers too.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from mitrailleuse.simulator.app import (
     json_response,
     parse_markers,
 )
-from mitrailleuse.simulator.openai_api import _answer
+from mitrailleuse.simulator.openai_api import Scan
+from mitrailleuse.simulator.schema_answers import Reply
 
 API_VERSIONS = ("v1", "v1beta")
 MAX_REQUEST_BYTES = 20 * 1024 * 1024
@@ -59,6 +68,9 @@ _TERMINAL = frozenset(
     {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 )
 _FILE_NAME_RE = re.compile(r"[a-z0-9-]{1,40}")
+_FINISH_REASONS = {"stop": "STOP", "refusal": "SAFETY", "length": "MAX_TOKENS"}
+_UNREAD = Scan(None, "", 0, "", False)
+"""What :func:`_scan_request` returns with a problem."""
 
 # HTTP status -> (google.rpc.Code name, its number), as Google maps them.
 _CODES: dict[int, tuple[str, int]] = {
@@ -252,20 +264,28 @@ def _content_text(content: dict[str, Any]) -> str:
     )
 
 
-def _scan_request(body: Any) -> tuple[str, str | None, str, int]:
-    """Validate a GenerateContentRequest.
+def _response_schema(config: dict[str, Any]) -> Any:
+    """The schema a ``generationConfig`` asks the answer to follow (``None``: plain text)."""
+    schema = _field(config, "responseJsonSchema", "response_json_schema")
+    return _field(config, "responseSchema", "response_schema") if schema is None else schema
 
-    Returns ``(problem, system text, last user text, prompt tokens)``; ``problem`` is empty
-    when the request is valid.
+
+def _scan_request(body: Any) -> tuple[str, Scan, dict[str, Any] | None]:
+    """Validate and read a GenerateContentRequest.
+
+    Returns ``(problem, conversation, response schema)``; ``problem`` is empty when the
+    request is valid.
     """
     if not isinstance(body, dict):
-        return "Invalid JSON payload received. Expected an object.", None, "", 0
+        return "Invalid JSON payload received. Expected an object.", _UNREAD, None
     contents = body.get("contents")
     if not contents:
-        return "* GenerateContentRequest.contents: contents is not specified\n", None, "", 0
+        return "* GenerateContentRequest.contents: contents is not specified\n", _UNREAD, None
     if not isinstance(contents, list):
-        return "Invalid value at 'contents': expected a list.", None, "", 0
+        return "Invalid value at 'contents': expected a list.", _UNREAD, None
     user = ""
+    first: str | None = None
+    reasked = False
     tokens = 0
     for index, content in enumerate(contents):
         if not isinstance(content, dict) or not content.get("parts"):
@@ -273,40 +293,53 @@ def _scan_request(body: Any) -> tuple[str, str | None, str, int]:
                 f"* GenerateContentRequest.contents[{index}].parts: "
                 "contents.parts must not be empty.\n"
             )
-            return problem, None, "", 0
+            return problem, _UNREAD, None
         role = content.get("role") or "user"
         if role not in ("user", "model"):
-            return "Please use a valid role: user, model.", None, "", 0
+            return "Please use a valid role: user, model.", _UNREAD, None
         text = _content_text(content)
         tokens += _tokens(text)
         if role == "user":
             user = text
+            if first is None:
+                first = text
+        else:
+            reasked = True
     system: str | None = None
     instruction = _field(body, "systemInstruction", "system_instruction")
     if instruction is not None:
         if not isinstance(instruction, dict):
-            return "Invalid value at 'system_instruction': expected a Content.", None, "", 0
+            return "Invalid value at 'system_instruction': expected a Content.", _UNREAD, None
         system = _content_text(instruction)
         tokens += _tokens(system)
     config = _field(body, "generationConfig", "generation_config")
     if config is not None and not isinstance(config, dict):
-        return "Invalid value at 'generation_config': expected an object.", None, "", 0
-    return "", system, user, tokens
+        return "Invalid value at 'generation_config': expected an object.", _UNREAD, None
+    schema = None if config is None else _response_schema(config)
+    if schema is not None and (
+        not isinstance(schema, dict)
+        or _field(config, "responseMimeType", "response_mime_type") != "application/json"
+    ):
+        problem = (
+            "* GenerateContentRequest.generation_config.response_schema: a schema object needs "
+            "response_mime_type application/json.\n"
+        )
+        return problem, _UNREAD, None
+    return "", Scan(system, user, tokens, first or "", reasked), schema
 
 
 def generate_content_response(
-    model: str, answer: str, prompt_tokens: int, response_id: str
+    model: str, answer: Reply, prompt_tokens: int, response_id: str
 ) -> dict[str, Any]:
-    """Build a GenerateContentResponse."""
-    answer_tokens = _tokens(answer)
+    """Build a GenerateContentResponse; a refusal's candidate has no content."""
+    candidate: dict[str, Any] = {}
+    answer_tokens = 0
+    if answer.ending != "refusal":
+        candidate["content"] = {"role": "model", "parts": [{"text": answer.text}]}
+        answer_tokens = _tokens(answer.text)
+    candidate.update(finishReason=_FINISH_REASONS[answer.ending], index=0)
     return {
-        "candidates": [
-            {
-                "content": {"role": "model", "parts": [{"text": answer}]},
-                "finishReason": "STOP",
-                "index": 0,
-            }
-        ],
+        "candidates": [candidate],
         "usageMetadata": {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": answer_tokens,
@@ -369,8 +402,7 @@ class _Line:
     """One request of a batch and its scripted outcome (0 ok, >0 error status, -1 missing)."""
 
     carried: dict[str, Any]  # {"metadata": ...} (inline) or {"key": ...} (file), echoed back
-    system: str | None
-    user: str
+    answer: Reply
     prompt_tokens: int
     outcome: int
 
@@ -408,11 +440,11 @@ class _Batch:
     cancelled_at: float | None = None
     output: dict[str, Any] | None = None
 
-    def add(self, carried: dict[str, Any], system: str | None, user: str, tokens: int) -> None:
+    def add(self, carried: dict[str, Any], scan: Scan, schema: dict[str, Any] | None) -> None:
         """Append a validated request, reading its batch markers."""
-        outcome, expires = batch_line_markers(user)
+        outcome, expires = batch_line_markers(scan.user)
         self.expire = self.expire or expires
-        self.lines.append(_Line(carried, system, user, tokens, outcome))
+        self.lines.append(_Line(carried, scan.reply(schema), scan.prompt_tokens, outcome))
 
     def seal(self) -> None:
         """Count the scripted failures once all lines are in."""
@@ -491,13 +523,16 @@ class GeminiApi:
         body, broken = await _read_json(request)
         if broken is not None:
             return broken
-        problem, system, user, prompt_tokens = _scan_request(body)
+        problem, scan, schema = _scan_request(body)
         if problem:
             return google_error(400, problem)
+        user = scan.user
         texts.append(user)
+        if schema is not None:
+            state.structured_requests += 1
         model = request.match_info["model"]
         # Gemini's tokens-per-minute quota counts input tokens only.
-        admission = state.admit(prompt_tokens)
+        admission = state.admit(scan.prompt_tokens)
         if admission.rejected:
             settings = state.settings
             if admission.kind == "requests":
@@ -516,7 +551,7 @@ class GeminiApi:
         if state.random_failure():
             return google_error(500, _INTERNAL_MESSAGE)
         payload = generate_content_response(
-            model, _answer(system, user), prompt_tokens, state.new_id("")
+            model, scan.reply(schema), scan.prompt_tokens, state.new_id("")
         )
         return json_response(payload)
 
@@ -534,7 +569,7 @@ class GeminiApi:
             return _quota_error(_REQUESTS_PER_DAY, DAILY_REQUEST_LIMIT, model, QUOTA_DAY_RETRY_S)
         if "overloaded" in markers:
             return google_error(503, "The model is overloaded. Please try again later.")
-        full = orjson.dumps(generate_content_response(model, "echo", 1, "truncated"))
+        full = orjson.dumps(generate_content_response(model, Reply("echo"), 1, "truncated"))
         return await state.body_fault(markers, full, html=_HTML_502)
 
     # -- files -----------------------------------------------------------------------------
@@ -764,11 +799,11 @@ class GeminiApi:
             return "* InlinedRequests.requests: requests is not specified\n"
         for index, item in enumerate(items):
             request = item.get("request") if isinstance(item, dict) else None
-            problem, system, user, tokens = _scan_request(request)
+            problem, scan, schema = _scan_request(request)
             if problem:
                 return f"requests[{index}].request: {problem}"
             carried = {"metadata": item["metadata"]} if "metadata" in item else {}
-            batch.add(carried, system, user, tokens)
+            batch.add(carried, scan, schema)
         return ""
 
     @staticmethod
@@ -783,11 +818,11 @@ class GeminiApi:
                 batch.error = f"Line {line_no} of the input file is not valid JSON."
                 return
             request = item.get("request") if isinstance(item, dict) else None
-            problem, system, user, tokens = _scan_request(request)
+            problem, scan, schema = _scan_request(request)
             if problem:
                 batch.error = f"Line {line_no} of the input file: {problem}"
                 return
-            batch.add({"key": item["key"]} if "key" in item else {}, system, user, tokens)
+            batch.add({"key": item["key"]} if "key" in item else {}, scan, schema)
         if not batch.lines:
             batch.error = "The input file holds no request."
 
@@ -803,9 +838,8 @@ class GeminiApi:
             if line.outcome:
                 entry["error"] = _rpc_status(line.outcome, _marker_message(line.outcome))
             else:
-                answer = _answer(line.system, line.user)
                 entry["response"] = generate_content_response(
-                    batch.model, answer, line.prompt_tokens, self.state.new_id("")
+                    batch.model, line.answer, line.prompt_tokens, self.state.new_id("")
                 )
             entries.append(entry)
         if batch.from_file:

@@ -1,6 +1,14 @@
 """Fake OpenAI endpoints: chat completions, files and the Batch API.
 
 Answers are shaped so that the real ``openai`` SDK parses them into its own types.
+
+Structured outputs: a ``response_format`` of type ``json_schema`` gets as its message
+``content`` the JSON text of an object following the schema (``schema_answers``). The markers
+of the first user message: ``[[schema-invalid]]`` / ``[[schema-invalid-once]]`` make that
+object break the schema (the second not in a re-ask, which holds an assistant message);
+``[[refusal]]`` answers ``content`` null and ``refusal`` "I'm sorry, ..." (``finish_reason``
+``"stop"``); ``[[length]]`` the first half of the text with ``finish_reason`` ``"length"``.
+The last two act on plain answers too.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -21,6 +29,7 @@ from mitrailleuse.simulator.app import (
     parse_markers,
     retry_headers,
 )
+from mitrailleuse.simulator.schema_answers import Reply, reply
 
 CHAT_PATH = "/v1/chat/completions"
 BATCH_MAX_LINES = 50_000
@@ -52,10 +61,26 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _scan(messages: list[dict[str, Any]]) -> tuple[str | None, str, int]:
-    """Return (first system text, last user text, prompt tokens) of a message list."""
+class Scan(NamedTuple):
+    """What the simulator reads of a conversation (every API's)."""
+
+    system: str | None  # the first system text
+    user: str  # the last user text: the echo's, and the fault markers'
+    prompt_tokens: int
+    prompt: str  # the first user text: the item's own, whose markers shape the answer
+    reasked: bool  # the model answered before: an assistant (Gemini: model) message is there
+
+    def reply(self, schema: dict[str, Any] | None) -> Reply:
+        """The model's answer: the echo, or an object following ``schema`` when given."""
+        return reply(_answer(self.system, self.user), self.prompt, self.reasked, schema)
+
+
+def _scan(messages: list[dict[str, Any]]) -> Scan:
+    """Read a message list (Anthropic's too, its ``system`` put first as a system message)."""
     system: str | None = None
     user = ""
+    first: str | None = None
+    reasked = False
     prompt_tokens = 0
     for message in messages:
         text = _text_of(message.get("content"))
@@ -63,9 +88,13 @@ def _scan(messages: list[dict[str, Any]]) -> tuple[str | None, str, int]:
         role = message.get("role")
         if role == "user":
             user = text
+            if first is None:
+                first = text
         elif role == "system" and system is None:
             system = text
-    return system, user, prompt_tokens
+        elif role == "assistant":
+            reasked = True
+    return Scan(system, user, prompt_tokens, first or "", reasked)
 
 
 def _answer(system: str | None, user: str) -> str:
@@ -78,8 +107,8 @@ def chat_answer(messages: list[dict[str, Any]]) -> str:
     ``"echo: " + <last user text>``, prefixed with ``"(<first system text>) "`` when there
     is a system message, so a test can tell which input produced which output.
     """
-    system, user, _ = _scan(messages)
-    return _answer(system, user)
+    scan = _scan(messages)
+    return _answer(scan.system, scan.user)
 
 
 def openai_error_body(
@@ -117,10 +146,11 @@ def _marker_error_body(code: int) -> dict[str, Any]:
 
 
 def completion(
-    completion_id: str, model: str, answer: str, prompt_tokens: int, created: int
+    completion_id: str, model: str, answer: Reply, prompt_tokens: int, created: int
 ) -> dict[str, Any]:
     """Build a ``chat.completion`` object."""
-    completion_tokens = (len(answer) + 3) // 4
+    completion_tokens = (len(answer.text) + 3) // 4
+    refused = answer.ending == "refusal"
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -129,9 +159,13 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer, "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": None if refused else answer.text,
+                    "refusal": answer.text if refused else None,
+                },
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "length" if answer.ending == "length" else "stop",
             }
         ],
         "usage": {
@@ -163,7 +197,25 @@ def _validate_chat(body: Any) -> tuple[str, str | None, Any]:
         return "Missing required parameter: 'model'.", "model", None
     if body.get("stream"):
         return "The simulator does not support stream=true.", "stream", None
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        if not (
+            isinstance(spec, dict)
+            and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("schema"), dict)
+        ):
+            problem = "Invalid 'response_format.json_schema': expected a name and a schema object."
+            return problem, "response_format", None
     return "", None, messages
+
+
+def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON Schema the answer must follow (a valid body's ``response_format``), if any."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return response_format["json_schema"]["schema"]
+    return None
 
 
 @dataclass
@@ -247,10 +299,14 @@ class OpenAIApi:
         problem, param, messages = _validate_chat(body)
         if problem:
             return openai_error(400, problem, param=param)
-        system, user, prompt_tokens = _scan(messages)
+        scan = _scan(messages)
+        user = scan.user
         texts.append(user)
-        answer = _answer(system, user)
-        admission = state.admit(prompt_tokens + (len(answer) + 3) // 4)
+        schema = _schema_of(body)
+        if schema is not None:
+            state.structured_requests += 1
+        answer = scan.reply(schema)
+        admission = state.admit(scan.prompt_tokens + (len(answer.text) + 3) // 4)
         headers = admission.headers
         if admission.rejected:
             return openai_error(
@@ -273,7 +329,7 @@ class OpenAIApi:
                 headers=headers,
             )
         payload = completion(
-            state.new_id("chatcmpl-"), body["model"], answer, prompt_tokens, int(time.time())
+            state.new_id("chatcmpl-"), body["model"], answer, scan.prompt_tokens, int(time.time())
         )
         return json_response(payload, headers=headers)
 
@@ -288,7 +344,7 @@ class OpenAIApi:
             if status == 429:
                 extra.update(retry_headers(1.0))
             return json_response(_marker_error_body(status), status, extra)
-        full = orjson.dumps(completion("chatcmpl-truncated", "truncated", "echo", 1, 0))
+        full = orjson.dumps(completion("chatcmpl-truncated", "truncated", Reply("echo"), 1, 0))
         return await self.state.body_fault(markers, full, headers)
 
     # -- files -----------------------------------------------------------------------------
@@ -481,8 +537,7 @@ class OpenAIApi:
                 problem(line_no, "invalid_request", message, param)
                 continue
             batch.lines.append(item)
-            _, user, _ = _scan(messages)
-            outcome, expires = batch_line_markers(user)
+            outcome, expires = batch_line_markers(_scan(messages).user)
             batch.outcomes.append(outcome)
             batch.expire = batch.expire or expires
             if batch.model is None:
@@ -512,12 +567,12 @@ class OpenAIApi:
             if outcome:
                 result = {"status_code": outcome, "body": _marker_error_body(outcome)}
             else:
-                system, user, prompt_tokens = _scan(body["messages"])
-                answer = _answer(system, user)
+                scan = _scan(body["messages"])
+                answer = scan.reply(_schema_of(body))
                 payload = completion(
-                    state.new_id("chatcmpl-"), body["model"], answer, prompt_tokens, now
+                    state.new_id("chatcmpl-"), body["model"], answer, scan.prompt_tokens, now
                 )
-                prompt_total += prompt_tokens
+                prompt_total += scan.prompt_tokens
                 completion_total += payload["usage"]["completion_tokens"]
                 result = {"status_code": 200, "body": payload}
             line = {
