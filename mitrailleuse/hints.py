@@ -25,6 +25,10 @@ _HINTS = {
     "quota_exceeded": "the account is out of quota: top it up, then execute again",
     "batch_expired": "the native batch expired twice: execute again to resend those items",
     "batch_missing": "the native batch lost those items twice: execute again to resend them",
+    "invalid_output": "answers still broke the response schema after every re-ask: simplify "
+    "the schema, say more in the prompt, or raise structured.max_reasks",
+    "truncated": "answers were cut at the token limit: raise api_information.setting.max_tokens",
+    "refusal": "the model declined those items (errors.jsonl says what it said)",
 }
 
 

@@ -202,6 +202,12 @@ def reasked_item(
     return {**item, "request": {**request, "messages": messages}, "earlier": earlier}
 
 
+def first_request(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An asked-again item's request as first asked: without the two messages of each re-ask."""
+    request = item["request"]
+    return {**request, "messages": request["messages"][: -2 * reasks_of(item) or None]}
+
+
 def earlier_after(earlier: Mapping[str, Any] | None, answer: Answer, cost: float | None) -> dict:
     """An item's earlier answers' costs and usage, with one more answer's."""
     earlier = earlier or {}
@@ -209,6 +215,20 @@ def earlier_after(earlier: Mapping[str, Any] | None, answer: Answer, cost: float
     for name, count in answer.usage.items():
         usage[name] = usage.get(name, 0) + count
     return {"costs_usd": [*earlier.get("costs_usd", []), cost or 0.0], "usage": usage}
+
+
+def paid_before(earlier: Mapping[str, Any]) -> dict[str, Any]:
+    """What a record adds for an item whose answers were asked again, then whose call failed.
+
+    The answers were paid for (and counted in the spend as they came): the record says so.
+    """
+    costs = [*earlier["costs_usd"], 0.0]  # the failed call: nothing (more) to count
+    return {
+        "reasks": len(earlier["costs_usd"]),
+        "attempt_costs_usd": costs,
+        "cost_usd": sum(costs),
+        "usage": dict(earlier["usage"]),
+    }
 
 
 def structured_record(

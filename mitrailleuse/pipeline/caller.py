@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ from mitrailleuse.cost.pricing import ModelPrice, cost_usd, price_of, worst_case
 from mitrailleuse.credentials import resolve_api_key, resolve_proxies
 from mitrailleuse.logs import shortened, shown_ids
 from mitrailleuse.pipeline import call_loop, liveness
-from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled
+from mitrailleuse.pipeline.cache import ResponseCache, cache_enabled, request_hash
 from mitrailleuse.pipeline.chunks import group_calls
 from mitrailleuse.pipeline.retries import Verdict, after_error, attempt_of
 from mitrailleuse.pipeline.run_state import HeldClaims, RunState
@@ -59,7 +59,13 @@ from mitrailleuse.ratelimit import (
     RedisLimiter,
 )
 from mitrailleuse.records import ItemRef, failed, succeeded
-from mitrailleuse.structured import reasked_item, structured_record
+from mitrailleuse.structured import (
+    first_request,
+    paid_before,
+    reasked_item,
+    reasks_of,
+    structured_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +215,7 @@ def call_message(run: RunState, chunk: int, items: list[dict[str, Any]]) -> Call
     provider = context.provider
     if gate.halted_reason:
         error = {"type": "quota_exceeded", "message": gate.halted_reason, "status_code": None}
-        items = [ItemRef.of(m) for m in pending]
-        return _store_failed(run, chunk, provider, items, error, attempts=0)
+        return _store_failed(run, chunk, provider, pending, error, attempts=0)
     hashes: dict[int, str] = {}
     hits = 0
     if context.cache is not None:
@@ -440,7 +445,6 @@ def _call_claimed(
     claimed = [
         item for item, state in zip(pending, grant.items, strict=True) if state is ItemState.CLAIMED
     ]
-    items = [ItemRef.of(item) for item in claimed]
     attempt = max(attempt_of(item) for item in claimed)
     send = Send(
         [item["request"] for item in claimed], section.timeout_s, time.monotonic() + grant.delay_s
@@ -452,11 +456,11 @@ def _call_claimed(
         except ProviderError as error:
             if error.kind is ErrorKind.RATE_LIMITED:
                 context.limiter.pause(error.retry_after_s or section.retry.initial_backoff_s)
-            return _after_error(run, chunk, provider, items, error, attempt, section.retry)
+            return _after_error(run, chunk, provider, claimed, error, attempt, section.retry)
         except Exception as error:  # a bug or an SDK surprise must not stall the chord
             log.exception("unexpected error calling %s for run=%s", provider.name, run.run_id)
             wrapped = ProviderError(ErrorKind.RETRY, "internal_error", type(error).__name__)
-            return _after_error(run, chunk, provider, items, wrapped, attempt, section.retry)
+            return _after_error(run, chunk, provider, claimed, wrapped, attempt, section.retry)
         context.limiter.observe(sent.result.limits)
         answers = sent.result.answers
         return _store_answers(
@@ -504,17 +508,15 @@ def _store_answers(
             ref, earlier, provider.name, provider.model, answer, judgement, attempt, latency_ms,
             cost_usd=cost,
         )  # fmt: skip
-    by_ordinal = {
-        item["ordinal"]: (item["id"], a) for item, a in zip(claimed, answers, strict=True)
-    }
+    by_ordinal = {item["ordinal"]: (item, a) for item, a in zip(claimed, answers, strict=True)}
     answered = [o for o, record in records.items() if record["status"] == "succeeded"]
     reask: set[int] = set()
     similarity = context.config.general.similarity_check
     if similarity.enabled:
-        texts = [(by_ordinal[o][0], by_ordinal[o][1].output) for o in answered]
+        texts = [(by_ordinal[o][0]["id"], by_ordinal[o][1].output) for o in answered]
         matches = check_answers(run.redis, run.run_id, similarity.settings, texts)
         for ordinal in answered:
-            match = matches.get(by_ordinal[ordinal][0])
+            match = matches.get(by_ordinal[ordinal][0]["id"])
             if match is None:
                 continue
             if attempt <= similarity.settings.reask_attempts:
@@ -523,19 +525,38 @@ def _store_answers(
             else:
                 records[ordinal].update(similar_to=match.similar_to, similarity=match.similarity)
     if context.cache is not None:
-        context.cache.put(
-            (hashes[o], by_ordinal[o][1]) for o in answered if o in hashes and o not in reask
-        )
+        context.cache.put(_to_cache(provider, by_ordinal, answered, hashes, reask))
     kept = [(o, record) for o, record in records.items() if o not in reask]
     stored = run.store_records(chunk, kept, release=held, lease=lease)
     if reask:
         wait_s = similarity.settings.cooldown_period
-        ids = [by_ordinal[o][0] for o in reask]
+        ids = [by_ordinal[o][0]["id"] for o in reask]
         _log_retry(run, provider, ids, attempt + 1, wait_s, "answer too like a recent one")
     if reask or changed:
         wait_s = similarity.settings.cooldown_period if reask else 0.0
         return CallOutcome(stored, wait_s, reask | set(changed), changed=changed)
     return CallOutcome(stored)
+
+
+def _to_cache(
+    provider: Provider,
+    by_ordinal: dict[int, tuple[dict[str, Any], Answer]],
+    answered: list[int],
+    hashes: dict[int, str],
+    reask: set[int],
+) -> Iterator[tuple[str, Answer]]:
+    """The answers the cache keeps, by request hash.
+
+    A valid answer to a re-ask is kept for the question as first asked too: the same item
+    in a later run is answered by the cache, not asked (and paid for) wrongly first again.
+    """
+    for ordinal in answered:
+        item, answer = by_ordinal[ordinal]
+        if ordinal not in hashes or ordinal in reask:
+            continue
+        yield hashes[ordinal], answer
+        if reasks_of(item):
+            yield request_hash(provider, first_request(item)), answer
 
 
 def _store_hits(
@@ -547,21 +568,25 @@ def _store_hits(
 ) -> int:
     """``cached`` records for the items the cache answered: no call, no cost."""
     records = [
-        (item["ordinal"], _cached_record(provider, ItemRef.of(item), hits[item["ordinal"]]))
+        (item["ordinal"], _cached_record(provider, item, hits[item["ordinal"]]))
         for item in items
         if item["ordinal"] in hits
     ]
     return run.store_records(chunk, records) if records else 0
 
 
-def _cached_record(provider: Provider, item: ItemRef, answer: Answer) -> dict[str, Any]:
-    """The record of an answer the cache gave (judged like a fresh one, when structured)."""
-    name, model = provider.name, provider.model
+def _cached_record(provider: Provider, item: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    """The record of an answer the cache gave (judged like a fresh one, when structured).
+
+    A re-ask the cache answers still counts the earlier answers it paid for.
+    """
+    name, model, ref = provider.name, provider.model, ItemRef.of(item)
     if provider.structured is None:
-        return succeeded(item, name, model, answer, 0, 0, cost_usd=0.0, cached=True)
+        return succeeded(ref, name, model, answer, 0, 0, cost_usd=0.0, cached=True)
     judgement = provider.structured.judge(answer)
+    earlier = item.get("earlier")
     return structured_record(
-        item, None, name, model, answer, judgement, 0, 0, cost_usd=0.0, cached=True
+        ref, earlier, name, model, answer, judgement, 0, 0, cost_usd=0.0, cached=True
     )
 
 
@@ -581,7 +606,7 @@ def _after_error(
     run: RunState,
     chunk: int,
     provider: Provider,
-    items: list[ItemRef],
+    items: list[dict[str, Any]],
     error: ProviderError,
     attempt: int,
     policy: RetryPolicy,
@@ -591,7 +616,7 @@ def _after_error(
         _log_retry(
             run,
             provider,
-            [item.id for item in items],
+            [item["id"] for item in items],
             attempt + 1,
             decision.wait_s,
             _error_line(error.as_record_error()),
@@ -599,7 +624,8 @@ def _after_error(
             error_type=error.type,
             status_code=error.status_code,
         )
-        return CallOutcome(retry_in_s=decision.wait_s, attempted={item.ordinal for item in items})
+        attempted = {item["ordinal"] for item in items}
+        return CallOutcome(retry_in_s=decision.wait_s, attempted=attempted)
     if decision.verdict is Verdict.HALT:
         run.halt(error.message)
     return _store_failed(run, chunk, provider, items, error.as_record_error(), attempt)
@@ -609,16 +635,22 @@ def _store_failed(
     run: RunState,
     chunk: int,
     provider: Provider,
-    items: list[ItemRef],
+    items: list[dict[str, Any]],
     error: dict[str, Any],
     attempts: int,
 ) -> CallOutcome:
-    """Failed records for ``items``, each in one WARNING line: its error, not its request."""
+    """Failed records for ``items``, each in one WARNING line: its error, not its request.
+
+    An item asked again keeps what its earlier answers cost.
+    """
+    refs = [ItemRef.of(item) for item in items]
     records = [
-        (item.ordinal, failed(item, provider.name, provider.model, error, attempts))
-        for item in items
+        (ref.ordinal, failed(ref, provider.name, provider.model, error, attempts)) for ref in refs
     ]
-    for item in items:
+    for item, (_, record) in zip(items, records, strict=True):
+        if item.get("earlier"):
+            record.update(paid_before(item["earlier"]))
+    for item in refs:
         log.warning(
             "failed run=%s item=%s after %d attempt(s): %s %s",
             run.run_id,

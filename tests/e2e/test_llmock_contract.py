@@ -132,3 +132,47 @@ def test_native_batches_against_llmock(
         r for r in requests_seen(llmock_url) if r["method"] == "POST" and "batch" in r["path"]
     ]
     assert len(created) == 1, created
+
+
+#: A nested schema, as a pydantic model gives it (``$defs``, ``$ref``, an optional field).
+PERSON = {
+    "$defs": {
+        "Address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "postcode": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            },
+            "required": ["city"],
+        }
+    },
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "address": {"$ref": "#/$defs/Address"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "address", "tags"],
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_structured_outputs_against_llmock(provider, llmock_url, tmp_path, tasks_dir, start_worker):
+    """Each provider's native schema mechanism, as another hand's mock reads it, validates."""
+    from jsonschema import Draft202012Validator
+
+    start_worker(queues=[provider, "mitrailleuse"], env=GEMINI_V1BETA)
+    httpx.post(f"{llmock_url}/_llmock/reset").raise_for_status()
+    settings = config(provider, llmock_url, "live")
+    settings[provider]["api_information"] = {
+        "response_schema": {"name": "person", "schema": PERSON}
+    }
+    m, task = new_task(tmp_path, ROWS[:4], settings, provider)
+    progress = m.submit(task).wait(timeout=120)
+
+    assert progress.state == "completed" and progress.succeeded == 4, results(task)
+    for record in results(task):
+        assert Draft202012Validator(PERSON).is_valid(record["parsed"]), record["parsed"]
+        assert record["reasks"] == 0
+    assert len([r for r in requests_seen(llmock_url) if r["status"] == 200]) == 4

@@ -218,3 +218,34 @@ def test_a_thousand_item_run_exports_its_parsed_fields_as_csv(
     assert table[0]["parsed.address.city"] == first["address"]["city"]
     assert json.loads(table[0]["parsed.tags"]) == first["tags"]
     assert table[500]["status"] == "failed" and table[500]["error_type"] == "refusal"
+
+
+def test_with_the_cache_at_temperature_0_and_a_cost_limit(tmp_path, tasks_dir, sim, start_worker):
+    """Features together, at their defaults: the cache keeps valid answers only, the second
+    run asks nothing (a re-asked item's valid answer answers its first question too), and
+    every paid answer is counted once in the spend the cost limit watches."""
+    start_worker(queues=["openai", "mitrailleuse"])
+    rows = [{"input_text": f"cached person {n}"} for n in range(20)]
+    for n in (4, 13):
+        rows[n] = {"input_text": f"[[schema-invalid-once]] cached person {n}"}
+    config = {
+        "openai": {"api_information": {"setting": {"temperature": 0}}},
+        "general": {"cost_limit_usd": 5.0},
+    }
+    m = Mitrailleuse()
+    source = write_jsonl(tmp_path / "cached.jsonl", rows)
+    first = m.create_task("s", "openai", "first", config, [source], response_model=Person)
+    progress = m.submit(first).wait(timeout=120)
+
+    assert (progress.succeeded, progress.cached) == (20, 0)
+    assert calls(sim, "openai") == 22
+    records = results(first)
+    assert [r["reasks"] for r in records] == [1 if n in (4, 13) else 0 for n in range(20)]
+    assert progress.spent_usd == pytest.approx(sum(r["cost_usd"] for r in records), rel=1e-6)
+
+    second = m.create_task("s", "openai", "second", config, [source], response_model=Person)
+    again = m.submit(second).wait(timeout=120)
+    assert (again.succeeded, again.cached) == (20, 20)
+    assert calls(sim, "openai") == 22  # nothing asked twice, the invalid-once items neither
+    assert [r["parsed"] for r in results(second)] == [r["parsed"] for r in records]
+    assert again.spent_usd == 0
