@@ -98,6 +98,29 @@ def failed(
     }
 
 
+def answered(
+    item: ItemRef,
+    provider: str,
+    model: str,
+    answer: Answer,
+    attempts: int,
+    latency_ms: int,
+    mode: Mode = "realtime",
+    cost_usd: float | None = None,
+) -> dict[str, Any]:
+    """The record of an answer: succeeded, or failed (``refusal``) when the model declined.
+
+    A refusal was paid for: its record keeps the response, the usage and the cost.
+    """
+    if answer.refusal is None:
+        return succeeded(item, provider, model, answer, attempts, latency_ms, mode, cost_usd)
+    said = f"the model refused: {answer.refusal}"
+    error = {"type": "refusal", "message": said, "status_code": None}
+    record = failed(item, provider, model, error, attempts, latency_ms, mode)
+    record.update(response=answer.response, usage=answer.usage, cost_usd=cost_usd)
+    return record
+
+
 def invalid_input(item: ItemRef, provider: str, reason: str) -> dict[str, Any]:
     """The record of an input line no request could be built from."""
     error = {"type": "invalid_input", "message": reason, "status_code": None}

@@ -102,14 +102,28 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def _resolved(ref: str, root: dict[str, Any]) -> dict[str, Any]:
+    """The subschema a local ``$ref`` (``#/$defs/Name``) points to."""
+    node: Any = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def strict_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> dict[str, Any]:
     """The schema as OpenAI's strict mode takes it.
 
     Every object, nested ones too, is closed (``additionalProperties: false``) and lists all
-    its properties in ``required``, those that were optional made nullable; a ``default`` of
-    null is dropped. Strict mode refuses a schema otherwise.
+    its properties in ``required``; one that was optional is made nullable, unless it has a
+    default (the model then gives a value, as a pydantic model expects). A ``$ref`` with
+    other keys beside it (pydantic's ``description`` or ``default``) is inlined: strict mode
+    takes a ``$ref`` alone. A ``default`` of null is dropped.
     """
-    node = _map_subschemas(schema, strict_schema)
+    root = schema if root is None else root
+    if "$ref" in schema and len(schema) > 1:
+        beside = {key: value for key, value in schema.items() if key != "$ref"}
+        schema = {**_resolved(schema["$ref"], root), **beside}
+    node = _map_subschemas(schema, lambda sub: strict_schema(sub, root))
     if node.get("default", 0) is None:
         del node["default"]
     kind = node.get("type")
@@ -117,7 +131,8 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
         properties = node.get("properties", {})
         required = set(node.get("required", []))
         node["properties"] = {
-            name: sub if name in required else _nullable(sub) for name, sub in properties.items()
+            name: sub if name in required or "default" in sub else _nullable(sub)
+            for name, sub in properties.items()
         }
         node["required"] = list(properties)
         node["additionalProperties"] = False
@@ -130,7 +145,7 @@ class Judgement:
 
     parsed: Any = None
     problem: str | None = None
-    #: Set when asking again would not help (a truncated answer): the record fails at once.
+    #: Set when asking again would not help (a refusal, a truncated answer): it fails at once.
     error_type: str | None = None
 
 
@@ -149,6 +164,8 @@ class Structured:
 
     def judge(self, answer: Answer) -> Judgement:
         """Valid, or what is wrong with it, in one line."""
+        if answer.refusal is not None:
+            return Judgement(problem=f"the model refused: {answer.refusal}", error_type="refusal")
         if answer.truncated:
             problem = "the answer was cut at the completion token limit (raise max_tokens)"
             return Judgement(problem=problem, error_type="truncated")

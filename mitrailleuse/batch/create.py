@@ -141,7 +141,8 @@ def write_retry_batch(
     """A new batch of only ``item_ids`` of batch ``of``: their lines copied as they were.
 
     An item of ``reasks`` is asked again: its line's conversation told what was wrong, its
-    items line carrying what its earlier answers cost.
+    items line carrying what its earlier answers cost; any other was left out of ``of``'s
+    results, and its items line says it was sent once more.
     """
     reasks = reasks or {}
     number = run.next_batch_number()
@@ -156,12 +157,15 @@ def write_retry_batch(
             item = orjson.loads(item_line)
             if item[0] not in item_ids:
                 continue
+            carried = item[4] if len(item) > 4 else {}
             reask = reasks.get(item[0])
-            if reask is not None:
+            if reask is None:  # left out of the batch's results: sent once more
+                carried = {**carried, "resent": True}
+            else:
                 line = api.reasked_line(line, reask.messages)
-                item_line = orjson.dumps([*item[:4], reask.earlier]) + b"\n"
+                carried = {**carried, "earlier": reask.earlier}
             target.write(line)
-            target_items.write(item_line)
+            target_items.write(orjson.dumps([*item[:4], carried]) + b"\n")
             count += 1
     state = batches.BatchState(
         run_id=run.run_id, number=number, items=count, chunks=chunks, retry_of=of.number

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,8 +28,15 @@ from mitrailleuse.pipeline.caller import RunContext, context_for
 from mitrailleuse.pipeline.chunks import chunk_of
 from mitrailleuse.pipeline.run_state import RunState
 from mitrailleuse.providers import Answer, ProviderError
-from mitrailleuse.records import ItemRef, failed, read_records, succeeded
-from mitrailleuse.structured import Reask, earlier_after, reask_messages, structured_record
+from mitrailleuse.records import ItemRef, answered, failed, read_records
+from mitrailleuse.structured import (
+    Reask,
+    earlier_after,
+    paid_before,
+    reask_messages,
+    reasks_of,
+    structured_record,
+)
 from mitrailleuse.taskfolder import TaskFolder
 
 log = logging.getLogger(__name__)
@@ -97,24 +105,26 @@ def collect(
 ) -> None:
     """Turn an ended batch's files into one record per item.
 
-    The missing ones are sent once more, and answers that do not match the response schema
-    asked again (``structured.max_reasks``), in a new batch.
+    An item missing from the results is sent once more, and an answer that does not match the
+    response schema asked again (``structured.max_reasks``), in a new batch: written once,
+    however often a crash makes the poll collect this batch again, and its re-asked answers'
+    cost counted once.
     """
     provider = context.provider
-    refs, earlier = _item_refs(folder, state.number)
-    results = _Results(state, refs, earlier, context, may_reask=not run.cancelled)
+    refs, carried = _item_refs(folder, state)
+    results = _Results(state, refs, carried, context, may_reask=not run.cancelled)
     results.read(folder)
     records, again = results.records, set(results.reasks)
     missing = {item_id for item_id in refs if item_id not in records and item_id not in again}
     if missing and not run.cancelled:
-        if state.retry_of is None:
-            again |= missing
-        else:
-            records.update(_missing_after_resend(state, provider, missing, refs))
+        resend = {item_id for item_id in missing if not carried[item_id].resent}
+        again |= resend
+        records.update(_missing_after_resend(state, provider, missing - resend, refs, carried))
     resent = {chunk_of(refs[i].ordinal, run.settings.chunk_size) for i in again}
-    if again:
+    if again and not any(s.retry_of == state.number for s in batches.all_states(folder)):
         api = provider.native_batches()
         write_retry_batch(run, folder, state, again, sorted(resent), api, results.reasks)
+    context.cost_limit.spend_once(results.reasked_usd, f"reasked:{state.number}")
     _store(run, folder, state, refs, records, resent)
 
 
@@ -123,11 +133,10 @@ def refuse(run: RunState, folder: TaskFolder, state: batches.BatchState, provide
 
     At once, with the refusal: not a batch submitted again forever.
     """
-    refs, _ = _item_refs(folder, state.number)
+    refs, carried = _item_refs(folder, state)
     error = {"type": "batch_refused", "message": state.message, "status_code": None}
     records = {
-        item_id: failed(ref, provider.name, provider.model, error, 1, mode="batch")
-        for item_id, ref in refs.items()
+        item_id: carried[item_id].failed(ref, provider, error) for item_id, ref in refs.items()
     }
     _store(run, folder, state, refs, records, set())
 
@@ -157,22 +166,45 @@ def _store(
     assembler.finish_if_complete(run)
 
 
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """What an item brings into a batch from earlier ones (its items line's fifth field)."""
+
+    #: Its answers asked again so far: what they cost, their usage.
+    earlier: dict[str, Any] | None = None
+    #: Sent once more already, after a batch left it out: left out again, it fails.
+    resent: bool = False
+
+    @property
+    def attempts(self) -> int:
+        """The calls made for the item, this batch's included."""
+        return 1 + reasks_of({"earlier": self.earlier}) + self.resent
+
+    def failed(self, ref: ItemRef, provider: Any, error: dict[str, Any]) -> dict[str, Any]:
+        """A failed record, keeping what earlier answers cost."""
+        record = failed(ref, provider.name, provider.model, error, self.attempts, mode="batch")
+        if self.earlier:
+            record.update(paid_before(self.earlier))
+        return record
+
+
 def _item_refs(
-    folder: TaskFolder, number: int
-) -> tuple[dict[str, ItemRef], dict[str, dict[str, Any]]]:
+    folder: TaskFolder, state: batches.BatchState
+) -> tuple[dict[str, ItemRef], dict[str, _Carried]]:
     """The items of a batch by id, from its items file (one line per request line).
 
-    And, for items asked again, what their earlier answers cost (a fifth field).
+    And what each carries from earlier batches; a four-field line of a re-sent batch (written
+    before the fifth field existed) was re-sent.
     """
     refs: dict[str, ItemRef] = {}
-    earlier: dict[str, dict[str, Any]] = {}
-    with batches.items_path(folder, number).open("rb") as handle:
+    carried: dict[str, _Carried] = {}
+    with batches.items_path(folder, state.number).open("rb") as handle:
         for line in handle:
-            item_id, input_file, index, ordinal, *spent = orjson.loads(line)
+            item_id, input_file, index, ordinal, *extra = orjson.loads(line)
             refs[item_id] = ItemRef(item_id, input_file, index, ordinal)
-            if spent:
-                earlier[item_id] = spent[0]
-    return refs, earlier
+            given = extra[0] if extra else {"resent": state.retry_of is not None}
+            carried[item_id] = _Carried(given.get("earlier"), given.get("resent", False))
+    return refs, carried
 
 
 class _Results:
@@ -182,16 +214,17 @@ class _Results:
         self,
         state: batches.BatchState,
         refs: dict[str, ItemRef],
-        earlier: dict[str, dict[str, Any]],
+        carried: dict[str, _Carried],
         context: RunContext,
         may_reask: bool,
     ) -> None:
-        self.state, self.refs, self.earlier = state, refs, earlier
+        self.state, self.refs, self.carried = state, refs, carried
         self.provider, self.price = context.provider, context.price
-        self.cost_limit = context.cost_limit
         self.may_reask = may_reask
         self.records: dict[str, dict[str, Any]] = {}
         self.reasks: dict[str, Reask] = {}
+        #: What the answers asked again cost (no record carries it yet).
+        self.reasked_usd = 0.0
 
     def read(self, folder: TaskFolder) -> None:
         """A record (or a re-ask) for each item the files answer (the first answer wins)."""
@@ -211,23 +244,18 @@ class _Results:
                     self._take(ref, result.outcome)
 
     def _take(self, ref: ItemRef, outcome: Answer | ProviderError) -> None:
-        provider, earlier = self.provider, self.earlier.get(ref.id)
-        attempts = len((earlier or {}).get("costs_usd", [])) + 1
-        if earlier is None and self.state.retry_of is not None:
-            attempts = 2  # sent once more: missing from the first batch
+        provider, carried = self.provider, self.carried[ref.id]
         if isinstance(outcome, ProviderError):
-            error = outcome.as_record_error()
-            record = failed(ref, provider.name, provider.model, error, attempts, mode="batch")
-            self.records[ref.id] = record
+            self.records[ref.id] = carried.failed(ref, provider, outcome.as_record_error())
             return
+        name, model, attempts = provider.name, provider.model, carried.attempts
         cost = cost_usd(self.price, outcome.usage, batch=True)
         structured = provider.structured
         if structured is None:
-            self.records[ref.id] = succeeded(
-                ref, provider.name, provider.model, outcome, attempts, 0, "batch", cost
-            )
+            self.records[ref.id] = answered(ref, name, model, outcome, attempts, 0, "batch", cost)
             return
         judgement = structured.judge(outcome)
+        earlier = carried.earlier
         item = {"earlier": earlier}
         if (
             judgement.problem is not None
@@ -236,16 +264,19 @@ class _Results:
         ):
             messages = reask_messages(outcome.output, judgement.problem)
             self.reasks[ref.id] = Reask(messages, earlier_after(earlier, outcome, cost))
-            self.cost_limit.spend(cost or 0.0)
+            self.reasked_usd += cost or 0.0
             return
         self.records[ref.id] = structured_record(
-            ref, earlier, provider.name, provider.model, outcome, judgement, attempts, 0,
-            "batch", cost,
-        )  # fmt: skip
+            ref, earlier, name, model, outcome, judgement, attempts, 0, "batch", cost
+        )
 
 
 def _missing_after_resend(
-    state: batches.BatchState, provider: Any, missing: set[str], refs: dict[str, ItemRef]
+    state: batches.BatchState,
+    provider: Any,
+    missing: set[str],
+    refs: dict[str, ItemRef],
+    carried: dict[str, _Carried],
 ) -> dict[str, dict[str, Any]]:
     """Failed records for the items a re-sent batch still did not answer."""
     error = {
@@ -254,10 +285,7 @@ def _missing_after_resend(
         f"after one re-submission",
         "status_code": None,
     }
-    return {
-        item_id: failed(refs[item_id], provider.name, provider.model, error, 2, mode="batch")
-        for item_id in missing
-    }
+    return {item_id: carried[item_id].failed(refs[item_id], provider, error) for item_id in missing}
 
 
 def cancel_all(run: RunState, folder: TaskFolder) -> int:

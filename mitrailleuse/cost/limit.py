@@ -40,6 +40,7 @@ class CostLimit:
         self.limit_usd = limit_usd
         self._reserve = script(client, "pipeline/held.lua", "cost/reserve.lua")
         self._give_back = script(client, "cost/give_back.lua")
+        self._spend_once = script(client, "cost/spend_once.lua")
 
     def reserve(self, usd: float, holder: str) -> Reservation:
         """Set ``usd`` aside for a call of ``holder``, if the limit can cover it now, or ever."""
@@ -69,3 +70,8 @@ class CostLimit:
         """Count money spent that no record carries (an answer asked again)."""
         if usd:
             self.redis.hincrbyfloat(self.keys[0], "spent_usd", usd)
+
+    def spend_once(self, usd: float, marker: str) -> None:
+        """:meth:`spend`, once for ``marker`` however often it is asked (a re-run collect)."""
+        if usd:
+            self._spend_once(keys=self.keys[:1], args=[f"spent:{marker}", repr(usd)])

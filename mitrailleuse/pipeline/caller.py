@@ -58,7 +58,7 @@ from mitrailleuse.ratelimit import (
     Limits,
     RedisLimiter,
 )
-from mitrailleuse.records import ItemRef, failed, succeeded
+from mitrailleuse.records import ItemRef, answered, failed, new_spend, succeeded
 from mitrailleuse.structured import (
     first_request,
     paid_before,
@@ -492,7 +492,7 @@ def _store_answers(
         ref, cost = ItemRef.of(item), cost_usd(context.price, answer.usage)
         structured = provider.structured
         if structured is None:
-            records[ref.ordinal] = succeeded(
+            records[ref.ordinal] = answered(
                 ref, provider.name, provider.model, answer, attempt, latency_ms, cost_usd=cost
             )
             continue
@@ -500,7 +500,7 @@ def _store_answers(
         if judgement.problem is not None and structured.may_reask(item, judgement):
             changed[ref.ordinal] = reasked_item(item, answer, judgement.problem, cost)
             context.cost_limit.spend(cost or 0.0)
-            reason = f"answer does not match the schema: {judgement.problem}"
+            reason = "answer does not match the response schema"  # the problem quotes it
             _log_retry(run, provider, [ref.id], attempt + 1, 0.0, reason)
             continue
         earlier = item.get("earlier")
@@ -509,23 +509,23 @@ def _store_answers(
             cost_usd=cost,
         )  # fmt: skip
     by_ordinal = {item["ordinal"]: (item, a) for item, a in zip(claimed, answers, strict=True)}
-    answered = [o for o, record in records.items() if record["status"] == "succeeded"]
+    valid = [o for o, record in records.items() if record["status"] == "succeeded"]
     reask: set[int] = set()
     similarity = context.config.general.similarity_check
     if similarity.enabled:
-        texts = [(by_ordinal[o][0]["id"], by_ordinal[o][1].output) for o in answered]
+        texts = [(by_ordinal[o][0]["id"], by_ordinal[o][1].output) for o in valid]
         matches = check_answers(run.redis, run.run_id, similarity.settings, texts)
-        for ordinal in answered:
+        for ordinal in valid:
             match = matches.get(by_ordinal[ordinal][0]["id"])
             if match is None:
                 continue
             if attempt <= similarity.settings.reask_attempts:
                 reask.add(ordinal)
-                context.cost_limit.spend(records[ordinal]["cost_usd"] or 0.0)
+                context.cost_limit.spend(new_spend(records[ordinal]))
             else:
                 records[ordinal].update(similar_to=match.similar_to, similarity=match.similarity)
     if context.cache is not None:
-        context.cache.put(_to_cache(provider, by_ordinal, answered, hashes, reask))
+        context.cache.put(_to_cache(provider, by_ordinal, valid, hashes, reask))
     kept = [(o, record) for o, record in records.items() if o not in reask]
     stored = run.store_records(chunk, kept, release=held, lease=lease)
     if reask:
@@ -541,7 +541,7 @@ def _store_answers(
 def _to_cache(
     provider: Provider,
     by_ordinal: dict[int, tuple[dict[str, Any], Answer]],
-    answered: list[int],
+    valid: list[int],
     hashes: dict[int, str],
     reask: set[int],
 ) -> Iterator[tuple[str, Answer]]:
@@ -550,7 +550,7 @@ def _to_cache(
     A valid answer to a re-ask is kept for the question as first asked too: the same item
     in a later run is answered by the cache, not asked (and paid for) wrongly first again.
     """
-    for ordinal in answered:
+    for ordinal in valid:
         item, answer = by_ordinal[ordinal]
         if ordinal not in hashes or ordinal in reask:
             continue
@@ -611,13 +611,18 @@ def _after_error(
     attempt: int,
     policy: RetryPolicy,
 ) -> CallOutcome:
-    decision = after_error(error, attempt, policy)
+    """Try a failed call again later, or store its items' failed records.
+
+    A re-ask is not a failed try: the retry policy counts the tries since the last answer.
+    """
+    tries = attempt - max(reasks_of(item) for item in items)
+    decision = after_error(error, tries, policy)
     if decision.verdict is Verdict.RETRY:
         _log_retry(
             run,
             provider,
             [item["id"] for item in items],
-            attempt + 1,
+            tries + 1,
             decision.wait_s,
             _error_line(error.as_record_error()),
             max_attempts=policy.max_attempts,

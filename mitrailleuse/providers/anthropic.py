@@ -115,6 +115,8 @@ class AnthropicProvider(PostingChatProvider):
     aiohttp_client_class = anthropic.DefaultAioHttpClient
     sdk_error = anthropic.APIError
     path = MESSAGES_PATH
+    #: A forced tool and extended thinking do not go together.
+    schema_settings = frozenset({"tools", "tool_choice", "thinking"})  # fmt: skip
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -152,9 +154,6 @@ class AnthropicProvider(PostingChatProvider):
         try:
             body = orjson.loads(content)
             blocks = body["content"]
-            if body.get("stop_reason") == "refusal":
-                said = "".join(b["text"] for b in blocks if b.get("type") == "text")
-                raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused: {said}")
             tools = [b["input"] for b in blocks if b.get("type") == "tool_use"]
             if tools:
                 output = orjson.dumps(tools[0]).decode()
@@ -169,8 +168,9 @@ class AnthropicProvider(PostingChatProvider):
                 f"unreadable {status_code} response body: {shown!r}",
                 status_code,
             ) from None
-        truncated = body.get("stop_reason") == "max_tokens"
-        return Answer(output=output, response=body, usage=_usage(usage), truncated=truncated)
+        stop = body.get("stop_reason")
+        refusal = output if stop == "refusal" else None
+        return Answer(output, body, _usage(usage), truncated=stop == "max_tokens", refusal=refusal)
 
     def classify(self, error: anthropic.APIError) -> ProviderError:
         """Sort an SDK error: spend limits halt, 429 pauses, 529 and 5xx retry."""

@@ -93,6 +93,8 @@ class Answer:
     usage: dict[str, int] = field(default_factory=dict)
     #: Cut at the completion token limit (OpenAI's ``finish_reason: length``).
     truncated: bool = False
+    #: What the model said declining to answer (a paid answer that is no answer).
+    refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,8 @@ class ChatProvider(Provider):
     default_completion_tokens: ClassVar[int] = 256
     #: JSON Schema keywords the provider's structured outputs do not take.
     refused_schema_keywords: ClassVar[frozenset[str]] = frozenset()
+    #: Settings the response schema is sent as: given with one, they are refused.
+    schema_settings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, config: Any, api_key: str | None, proxies: Mapping[str, str] | None = None
@@ -132,7 +134,16 @@ class ChatProvider(Provider):
     def check_section(cls, config: Any) -> None:
         """A response schema the provider's structured outputs cannot take is refused."""
         given = config.api_information.response_schema
-        refusal = given and cls.schema_refusal(given.json_schema)
+        if given is None:
+            return
+        settings = config.api_information.setting.request_fields()
+        clash = sorted(cls.schema_settings & settings.keys())
+        if clash:
+            raise ConfigError(
+                f"{cls.name}.api_information: setting.{clash[0]} and response_schema cannot go "
+                f"together (structured outputs set {clash[0]} themselves): remove one"
+            )
+        refusal = cls.schema_refusal(given.json_schema)
         if refusal:
             raise ConfigError(
                 f"{cls.name}.api_information.response_schema: {refusal}, which {cls.name}'s "

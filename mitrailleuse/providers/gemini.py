@@ -153,6 +153,10 @@ class GeminiProvider(ChatProvider):
     key_variables = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     supports_native_batch = True
     base_url_variable = "GEMINI_BASE_URL"
+    schema_settings = frozenset({
+            "response_mime_type", "responseMimeType", "response_schema", "responseSchema",
+            "response_json_schema", "responseJsonSchema",
+        })  # fmt: skip
     #: ``responseJsonSchema`` takes a subset of JSON Schema; these are not in it.
     refused_schema_keywords = frozenset(
         {
@@ -234,10 +238,8 @@ class GeminiProvider(ChatProvider):
         texts = [part.text for part in parts if part.text and not part.thought]
         reason = candidates[0].finish_reason if candidates else None
         blocked = response.prompt_feedback.block_reason if response.prompt_feedback else None
-        if not texts and (blocked or reason in REFUSALS):
-            said = f"finish reason {reason}, block reason {blocked}"
-            raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused ({said})")
-        if not texts:
+        refused = not texts and (blocked or reason in REFUSALS)
+        if not texts and not refused:
             raise ProviderError(
                 ErrorKind.FATAL,
                 "no_answer",
@@ -248,6 +250,7 @@ class GeminiProvider(ChatProvider):
             response=response.model_dump(mode="json", exclude_none=True),
             usage=_usage(response.usage_metadata),
             truncated=reason == types.FinishReason.MAX_TOKENS,
+            refusal=f"finish reason {reason}, block reason {blocked}" if refused else None,
         )
 
     def classify(self, error: BaseException) -> ProviderError:

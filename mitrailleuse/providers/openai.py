@@ -93,6 +93,7 @@ class OpenAIProvider(PostingChatProvider):
     aiohttp_client_class = openai.DefaultAioHttpClient
     sdk_error = openai.APIError
     path = CHAT_PATH
+    schema_settings = frozenset({"response_format"})  # fmt: skip
     refused_schema_keywords = frozenset(
         {
             "allOf", "oneOf", "not", "if", "then", "else", "dependentRequired",
@@ -138,10 +139,9 @@ class OpenAIProvider(PostingChatProvider):
             body = orjson.loads(content)
             choice = body["choices"][0]
             message = choice["message"]
-            if refusal := message.get("refusal"):
-                raise ProviderError(ErrorKind.FATAL, "refusal", f"the model refused: {refusal}")
+            refusal = message.get("refusal")
             output = message.get("content")
-            if output is None and not message.get("tool_calls"):
+            if output is None and refusal is None and not message.get("tool_calls"):
                 raise ValueError("no content")
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             shown = content[:120].decode("utf-8", "replace")
@@ -157,7 +157,7 @@ class OpenAIProvider(PostingChatProvider):
         if cached:
             counts["cached_tokens"] = cached  # billed at the cached-input price
         truncated = choice.get("finish_reason") == "length"
-        return Answer(output=output or "", response=body, usage=counts, truncated=truncated)
+        return Answer(output or "", body, counts, truncated=truncated, refusal=refusal)
 
     def classify(self, error: openai.APIError) -> ProviderError:
         """Sort an SDK error into retry, rate-limited or fatal."""

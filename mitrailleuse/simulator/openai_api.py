@@ -3,7 +3,8 @@
 Answers are shaped so that the real ``openai`` SDK parses them into its own types.
 
 Structured outputs: a ``response_format`` of type ``json_schema`` gets as its message
-``content`` the JSON text of an object following the schema (``schema_answers``). The markers
+``content`` the JSON text of an object following the schema (``schema_answers``); JSON mode
+(``json_object``) follows a schema a system message gives after ``JSON Schema:``. The markers
 of the first user message: ``[[schema-invalid]]`` / ``[[schema-invalid-once]]`` make that
 object break the schema (the second not in a re-ask, which holds an assistant message);
 ``[[refusal]]`` answers ``content`` null and ``refusal`` "I'm sorry, ..." (``finish_reason``
@@ -211,11 +212,28 @@ def _validate_chat(body: Any) -> tuple[str, str | None, Any]:
 
 
 def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON Schema the answer must follow (a valid body's ``response_format``), if any."""
+    """The JSON Schema the answer must follow (a valid body's ``response_format``), if any.
+
+    In JSON mode (``json_object``, DeepSeek's), a schema a system message gives after
+    ``JSON Schema:`` is followed, as a model reading it would; with none, any object does.
+    """
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
         return response_format["json_schema"]["schema"]
-    return None
+    if kind != "json_object":
+        return None
+    for message in body["messages"]:
+        text = _text_of(message.get("content")) if message.get("role") == "system" else ""
+        _, lead, given = text.rpartition("JSON Schema:")
+        if lead:
+            try:
+                schema = orjson.loads(given)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(schema, dict):
+                return schema
+    return {"type": "object"}
 
 
 @dataclass

@@ -71,7 +71,7 @@ ROWS = {
     "Bruno Diaz edits a paper in Porto": ("succeeded", None, 0, 1),
     "[[schema-invalid-once]] Chloe Park reads in Seoul": ("succeeded", None, 1, 2),
     "[[schema-invalid]] never valid": ("failed", "invalid_output", 2, 3),
-    "[[refusal]] a question the model declines": ("failed", "refusal", None, 1),
+    "[[refusal]] a question the model declines": ("failed", "refusal", 0, 1),
     "[[length]] an answer cut short": ("failed", "truncated", 0, 1),
 }
 
@@ -101,11 +101,11 @@ def test_a_nested_schema_run_validates_every_record_and_reasks_the_invalid(
             assert Person.model_validate(record["parsed"])
         else:
             assert record["error"]["type"] == error and record.get("parsed") is None
-        if reasks is not None:  # a refusal is a failed call: no answer to count
-            assert record["reasks"] == reasks
-            costs = record["attempt_costs_usd"]
-            assert len(costs) == answered and all(c > 0 for c in costs)
-            assert record["cost_usd"] == pytest.approx(sum(costs))
+        # every answer was paid for, a refused or invalid one too
+        assert record["reasks"] == reasks
+        costs = record["attempt_costs_usd"]
+        assert len(costs) == answered and all(c > 0 for c in costs)
+        assert record["cost_usd"] == pytest.approx(sum(costs))
     assert calls(sim, provider) == sum(answered for *_, answered in ROWS.values())
     # every answer is paid for, re-asks and failed answers too, and counted once
     summary = task.summary()
@@ -185,6 +185,17 @@ def test_a_schema_the_provider_cannot_take_is_refused_at_create(tmp_path, tasks_
     refused = cli("create", "--api-name", "gemini", *args, cwd=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "not a valid JSON Schema at properties/a/type" in refused.stderr
+
+    # a setting structured outputs set themselves, given too: refused, naming it
+    given = {"name": "v", "schema": {"type": "object"}}
+    information = {"response_schema": given, "setting": {"response_format": {"type": "text"}}}
+    (tmp_path / "config.json").write_text(
+        json.dumps({"deepseek": {"api_information": information}})
+    )
+    refused = cli("create", "--api-name", "deepseek", *args, cwd=tmp_path)
+    assert (
+        refused.returncode == 2 and "setting.response_format and response_schema" in refused.stderr
+    )
 
     with pytest.raises(ConfigError, match="'additionalProperties'"):
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from jsonschema import Draft202012Validator
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mitrailleuse.providers.base import Answer
 from mitrailleuse.records import new_spend
@@ -28,6 +28,7 @@ class Tree(BaseModel):
     leaves: list[Leaf]
     parent: Leaf | None = None
     note: str = ""
+    root: Leaf = Field(description="where it grows")  # pydantic: a $ref with a sibling
 
 
 def objects(schema):
@@ -46,17 +47,28 @@ def test_strict_mode_closes_every_object_nested_ones_too():
     """batchata closes the top level only; nested models then fail at OpenAI."""
     strict = strict_schema(Tree.model_json_schema())
     found = list(objects(strict))
-    assert len(found) == 2  # Tree, and Leaf under $defs
+    assert len(found) == 3  # Tree, Leaf under $defs, and Leaf inlined under root
     for node in found:
         assert node["additionalProperties"] is False
         assert node["required"] == list(node["properties"])
     leaf = strict["$defs"]["Leaf"]["properties"]
     assert leaf["weight"] == {"anyOf": [{"type": "number"}, {"type": "null"}], "title": "Weight"}
-    assert strict["properties"]["note"]["type"] == ["string", "null"]  # optional: nullable
+    # a default: required, not nullable (the model gives a value a pydantic model takes)
+    assert strict["properties"]["note"] == {"default": "", "title": "Note", "type": "string"}
+    # strict mode takes a $ref alone: one with a sibling is inlined
+    assert strict["properties"]["root"]["description"] == "where it grows"
+    assert "$ref" not in strict["properties"]["root"]
+    assert strict["properties"]["root"]["additionalProperties"] is False
     Draft202012Validator.check_schema(strict)
-    valid = {"name": "t", "leaves": [{"label": "a", "weight": None}], "parent": None, "note": None}
+    leaf = {"label": "a", "weight": None}
+    valid = {"name": "t", "leaves": [leaf], "parent": None, "note": "", "root": leaf}
     assert Draft202012Validator(strict).is_valid(valid)
+    assert Tree.model_validate(valid)
     assert not Draft202012Validator(strict).is_valid({**valid, "extra": 1})
+    assert not Draft202012Validator(strict).is_valid({**valid, "note": None})
+    # an optional property without a default, in a hand-written schema: nullable
+    given = {"type": "object", "properties": {"nick": {"type": "string"}}}
+    assert strict_schema(given)["properties"]["nick"] == {"type": ["string", "null"]}
 
 
 @pytest.mark.parametrize(
@@ -75,18 +87,21 @@ def test_a_schema_that_is_not_one_is_refused_in_one_line(schema, said):
 
 def test_answers_are_judged_with_a_one_line_problem():
     structured = Structured("tree", strict_schema(Tree.model_json_schema()), max_reasks=2)
-    valid = '{"name": "t", "leaves": [], "parent": null, "note": null}'
+    leaf = '{"label": "a", "weight": null}'
+    valid = f'{{"name": "t", "leaves": [], "parent": null, "note": "", "root": {leaf}}}'
     assert structured.judge(Answer(valid, {})).parsed["name"] == "t"
     assert "not valid JSON" in structured.judge(Answer("{'name'", {})).problem
-    missing = structured.judge(Answer('{"name": "t", "parent": null, "note": null}', {}))
+    missing = structured.judge(Answer(valid.replace('"leaves": [], ', ""), {}))
     assert missing.problem == "at the root: 'leaves' is a required property"
-    nested = '{"name": "t", "leaves": [{"label": 3, "weight": null}], "parent": null, "note": ""}'
+    nested = valid.replace('"leaves": []', '"leaves": [{"label": 3, "weight": null}]')
     assert (
         structured.judge(Answer(nested, {})).problem
         == "at leaves/0/label: 3 is not of type 'string'"
     )
     cut = structured.judge(Answer('{"name": "t", "lea', {}, truncated=True))
     assert cut.error_type == "truncated" and not structured.may_reask({}, cut)
+    refused = structured.judge(Answer("I can't", {}, refusal="I can't"))
+    assert refused.error_type == "refusal" and not structured.may_reask({}, refused)
 
 
 def test_a_reask_adds_two_messages_and_remembers_what_was_paid():
