@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ format: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# the gRPC stubs under mitrailleuse/v1/, committed; regenerate after editing the .proto
+proto: install
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
+		proto/mitrailleuse/v1/mitrailleuse.proto
 
 clean:
 	-$(VENV)/bin/mitrailleuse broker stop

@@ -36,6 +36,7 @@ from mitrailleuse.config import (
     without_effect,
 )
 from mitrailleuse.credentials import scrub_config
+from mitrailleuse.modes import resolve_mode
 from mitrailleuse.pipeline import liveness, submitter
 from mitrailleuse.pipeline.chunks import part_files, part_path
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
@@ -411,9 +412,15 @@ def workers_for(folder: TaskFolder, client: redis.Redis) -> dict[str, list[set[s
     """The queues a run of ``folder`` needs, each with its live workers' key variables.
 
     A live run needs its provider's queue and the control queue; a native batch run only the
-    control queue (beat polls the batches).
+    control queue (beat polls the batches). Before its first run, the mode its config asks.
     """
     queues = [CONTROL_QUEUE]
-    if folder.status().mode != "batch":
-        queues.insert(0, folder.provider)
+    status, provider = folder.status(), folder.provider
+    mode = (
+        status.mode
+        if status.run_id
+        else resolve_mode(provider, folder.config().provider(provider))[0]
+    )
+    if mode != "batch":
+        queues.insert(0, provider)
     return liveness.serving(client, queues)

@@ -13,11 +13,11 @@ import sys
 import typer
 from rich.markup import escape
 
-from mitrailleuse.cli import broker, config, export, fleet, tasks
+from mitrailleuse.cli import broker, config, export, fleet, serve, tasks
 from mitrailleuse.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, err
 from mitrailleuse.errors import MitrailleuseError
 
-__all__ = ["app", "broker", "config", "export", "fleet", "main", "tasks"]
+__all__ = ["app", "broker", "config", "export", "fleet", "main", "serve", "tasks"]
 
 
 def main() -> None:

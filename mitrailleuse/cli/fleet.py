@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import typer
 
 from mitrailleuse.cli.common import app, err, fail, out
 from mitrailleuse.config import Environment
+from mitrailleuse.services.tokens import is_loopback
 
 LogLevel = typer.Option("-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR.")
 
@@ -76,16 +76,9 @@ def flower(
     auth = Environment().flower_basic_auth
     if auth and not all(":" in pair for pair in auth.split(",")):
         fail("FLOWER_BASIC_AUTH must be user:password (several: user:password,user2:password2)")
-    if not auth and not _is_loopback(address):
+    if not auth and not is_loopback(address):
         fail(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH=user:password")
     _exec(celery_command("flower", f"--port={port}", f"--address={address}"))
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def _exec(command: list[str]) -> NoReturn:

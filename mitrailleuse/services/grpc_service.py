@@ -1,0 +1,454 @@
+"""``mitrailleuse.v1.MitrailleuseService``: the Python API over gRPC, with no logic of its own.
+
+Each call checks who it acts for (:mod:`mitrailleuse.services.tokens`), runs the Python API
+in a thread (it blocks on Redis and the disk), and turns its one-line errors into status
+codes. ``WatchTask`` streams share one poll of a run's progress (:class:`ProgressHub`): a
+hundred watchers cost the run what one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import orjson
+import redis
+from google.protobuf import json_format
+
+from mitrailleuse.api import Mitrailleuse, Progress, Run
+from mitrailleuse.config import TaskConfig, parse_config
+from mitrailleuse.errors import (
+    BrokerError,
+    ConfigError,
+    InputError,
+    MitrailleuseError,
+    TaskNameError,
+    TaskNotFound,
+)
+from mitrailleuse.records import read_records
+from mitrailleuse.services.tokens import Caller, Forbidden, Unauthenticated
+from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder, iter_tasks
+from mitrailleuse.v1 import mitrailleuse_pb2 as pb
+from mitrailleuse.v1 import mitrailleuse_pb2_grpc as pb_grpc
+
+#: How often a watched run's progress is read (one read per run, however many watch it).
+WATCH_POLL_S = 0.5
+#: What ``SendSingle`` waits for its answer when the request says nothing.
+SEND_SINGLE_TIMEOUT_S = 120.0
+#: The largest ``ListTasks`` page.
+MAX_PAGE = 500
+
+
+class Unavailable(MitrailleuseError):
+    """Nothing would serve the call now: no worker serves the queue, or no answer in time."""
+
+
+class TaskNotFinished(MitrailleuseError):
+    """Results asked for before the run ended."""
+
+
+#: The status code of each error the Python API (or this service) raises.
+STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    TaskNotFound: grpc.StatusCode.NOT_FOUND,
+    ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    InputError: grpc.StatusCode.INVALID_ARGUMENT,
+    TaskNameError: grpc.StatusCode.INVALID_ARGUMENT,
+    BrokerError: grpc.StatusCode.UNAVAILABLE,
+    redis.ConnectionError: grpc.StatusCode.UNAVAILABLE,
+    redis.TimeoutError: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    TaskNotFinished: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+T = TypeVar("T")
+
+
+def status_of(error: BaseException) -> grpc.StatusCode | None:
+    """The status code an error maps to (None: an unexpected error, INTERNAL)."""
+    for kind, code in STATUS_OF.items():
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    """End the call with the error's status and its one line; never a traceback."""
+    code = status_of(error)
+    if code is None:
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+    if code is grpc.StatusCode.UNAVAILABLE and isinstance(error, redis.RedisError):
+        await context.abort(code, "the broker (Redis) does not answer")
+    await context.abort(code, str(error).splitlines()[0] if str(error) else code.name.lower())
+
+
+def _served(
+    method: Callable[..., Awaitable[T]],
+) -> Callable[..., Awaitable[T]]:
+    """A unary call whose errors become status codes."""
+
+    @functools.wraps(method)
+    async def call(self: MitrailleuseService, request: Any, context: Any) -> T:
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+
+    return call
+
+
+def _streamed(
+    method: Callable[..., AsyncIterator[T]],
+) -> Callable[..., AsyncIterator[T]]:
+    """A server stream whose errors become status codes."""
+
+    @functools.wraps(method)
+    async def call(self: MitrailleuseService, request: Any, context: Any) -> AsyncIterator[T]:
+        try:
+            async for message in method(self, request, context):
+                yield message
+        except Exception as error:
+            await _abort(context, error)
+
+    return call
+
+
+def _plain(value: Any) -> Any:
+    """A Struct's value with whole numbers back as integers (Struct keeps only doubles)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _counts(counts: Any) -> pb.Counts:
+    return pb.Counts(
+        total=counts.total,
+        done=counts.done,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        cached=counts.cached,
+    )
+
+
+def task_message(folder: TaskFolder) -> pb.Task:
+    """A task folder as the service describes it."""
+    status = folder.status()
+    return pb.Task(
+        task_path=str(folder.path),
+        user_id=folder.user_id,
+        task_name=folder.config().task_name,
+        api=status.provider,
+        state=status.state,
+        counts=_counts(status.counts),
+        run_id=status.run_id or "",
+        mode=status.mode if status.run_id else "",
+    )
+
+
+def record_message(index: int, record: dict[str, Any]) -> pb.Record:
+    """A result record, whole (``record_json``) and its main fields."""
+    return pb.Record(
+        index=index,
+        id=record["id"],
+        status=record["status"],
+        output=record.get("output") or "",
+        record_json=orjson.dumps(record).decode(),
+    )
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A watched run: its latest progress, and the streams waiting for the next."""
+
+    latest: pb.Progress | None = None
+    watchers: int = 0
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    poller: asyncio.Task[None] | None = None
+
+    async def after(self, event_id: int) -> pb.Progress:
+        """The latest progress, once it is newer than ``event_id``."""
+        async with self.changed:
+            await self.changed.wait_for(
+                lambda: self.latest is not None and self.latest.event_id > event_id
+            )
+            assert self.latest is not None
+            return self.latest
+
+
+class ProgressHub:
+    """One poll of each watched run's progress, fanned out to every stream watching it."""
+
+    def __init__(self, poll_s: float = WATCH_POLL_S) -> None:
+        self.poll_s = poll_s
+        self._watches: dict[Path, _Watch] = {}
+
+    async def watch(self, run: Run, after_event_id: int = 0) -> AsyncIterator[pb.Progress]:
+        """Each new progress of ``run`` (after ``after_event_id``), the final one last."""
+        key = run.folder.path
+        watch = self._watches.setdefault(key, _Watch())
+        watch.watchers += 1
+        if watch.poller is None:
+            watch.poller = asyncio.create_task(self._poll(run, watch))
+        sent = after_event_id
+        try:
+            while True:
+                latest = await watch.after(sent)
+                sent = latest.event_id
+                yield latest
+                if latest.finished:
+                    return
+        finally:
+            watch.watchers -= 1
+            if watch.watchers == 0:
+                if watch.poller is not None:
+                    watch.poller.cancel()
+                self._watches.pop(key, None)
+
+    async def _poll(self, run: Run, watch: _Watch) -> None:
+        event_id = 0
+        while True:
+            message = await asyncio.to_thread(_progress_message, run)
+            last = watch.latest
+            if last is None or _changed(last, message):
+                event_id += 1
+                message.event_id = event_id
+                async with watch.changed:
+                    watch.latest = message
+                    watch.changed.notify_all()
+            if message.finished:
+                return
+            await asyncio.sleep(self.poll_s)
+
+
+def _changed(last: pb.Progress, new: pb.Progress) -> bool:
+    """Whether a progress says something new (its event id aside)."""
+    compared = pb.Progress()
+    compared.CopyFrom(new)
+    compared.event_id = last.event_id
+    return compared != last
+
+
+def _progress_message(run: Run) -> pb.Progress:
+    progress: Progress = run.progress()
+    rates = run.rates()
+    return pb.Progress(
+        state=progress.state,
+        counts=_counts(progress),
+        spent_usd=progress.spent_usd,
+        projected_usd=progress.projected_usd or 0.0,
+        requests_per_minute=rates.requests_per_minute,
+        tokens_per_minute=rates.tokens_per_minute,
+        requests_per_minute_limit=rates.limits.requests_per_minute,
+        tokens_per_minute_limit=rates.limits.tokens_per_minute or 0,
+        finished=progress.finished,
+    )
+
+
+class MitrailleuseService(pb_grpc.MitrailleuseServiceServicer):
+    """The service's calls, each a few lines over :class:`mitrailleuse.api.Mitrailleuse`."""
+
+    def __init__(self, client: Mitrailleuse, tokens: dict[str, str]) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.hub = ProgressHub()
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        metadata = dict(context.invocation_metadata() or ())
+        return Caller(self.tokens, metadata.get("authorization"))
+
+    def _folder(self, caller: Caller, path: str) -> TaskFolder:
+        """The task at ``path``, if the caller may see it (else, as for none: NOT_FOUND)."""
+        folder = self.client.task(path)
+        if not caller.may_see(folder.user_id):
+            raise TaskNotFound(f"{path}: no task folder here")
+        return folder
+
+    def _create(self, caller: Caller, request: pb.CreateTaskRequest, mode: str | None) -> Any:
+        user_id = caller.user_for(request.user_id)
+        config: TaskConfig | None = None
+        if request.config_json:
+            try:
+                data = orjson.loads(request.config_json)
+            except orjson.JSONDecodeError as error:
+                raise ConfigError(f"config_json: not valid JSON: {error}") from None
+            config = parse_config(data, "config_json")
+        if mode is not None:
+            config = config or TaskConfig()
+            config.provider(request.api).mode = mode
+        items = [_plain(json_format.MessageToDict(item)) for item in request.items]
+        inputs = [*request.input_paths, *items]
+        return self.client.create_task(user_id, request.api, request.task_name, config, inputs)
+
+    def _execute(self, folder: TaskFolder) -> Run:
+        """Submit, unless no worker would serve the run (UNAVAILABLE, with which queue)."""
+        unserved = sorted(q for q, found in self.client.workers(folder).items() if not found)
+        if unserved:
+            raise Unavailable(
+                f"no worker serves {', '.join(unserved)}: start one (mitrailleuse worker)"
+            )
+        return self.client.submit(folder)
+
+    @_served
+    async def CreateTask(self, request: pb.CreateTaskRequest, context: Any) -> pb.Task:
+        """A task folder: the config validated, literal keys scrubbed, inputs copied."""
+        caller = self._caller(context)
+        folder = await asyncio.to_thread(self._create, caller, request, None)
+        return task_message(folder)
+
+    @_served
+    async def ExecuteTask(self, request: pb.TaskRef, context: Any) -> pb.Task:
+        """Submit the task to the fleet (UNAVAILABLE when no worker serves its queue)."""
+        folder = self._folder(self._caller(context), request.task_path)
+        await asyncio.to_thread(self._execute, folder)
+        return task_message(folder)
+
+    @_served
+    async def GetTaskStatus(self, request: pb.TaskRef, context: Any) -> pb.Task:
+        """The task's state and counts, live while it runs."""
+        folder = self._folder(self._caller(context), request.task_path)
+        progress = await asyncio.to_thread(self.client.get_run(folder).progress)
+        message = task_message(folder)  # the folder's view, made live from Redis
+        message.state = progress.state
+        message.counts.CopyFrom(_counts(progress))
+        return message
+
+    GetTaskByPath = GetTaskStatus  # the seed's name for it
+
+    @_served
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
+        """The caller's tasks (oldest first), by state, a page at a time."""
+        caller = self._caller(context)
+        user_id = caller.user_for(request.user_id) if caller.user_id else request.user_id
+        size = min(request.page_size or 100, MAX_PAGE)
+        start = int(request.page_token or 0)
+        folders = await asyncio.to_thread(
+            _listed, self.client.tasks_dir, user_id or "all", request.state
+        )
+        page = folders[start : start + size]
+        more = str(start + size) if start + size < len(folders) else ""
+        return pb.ListTasksResponse(tasks=[task_message(f) for f in page], next_page_token=more)
+
+    @_served
+    async def CancelTask(self, request: pb.TaskRef, context: Any) -> pb.Task:
+        """Stop dispatching: in-flight items finish, the run ends cancelled."""
+        folder = self._folder(self._caller(context), request.task_path)
+        await asyncio.to_thread(self.client.get_run(folder).cancel)
+        return task_message(folder)
+
+    @_streamed
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: Any
+    ) -> AsyncIterator[pb.Progress]:
+        """A progress message on every change, ending with the final state."""
+        folder = self._folder(self._caller(context), request.task_path)
+        async for progress in self.hub.watch(self.client.get_run(folder), request.after_event_id):
+            yield progress
+
+    @_streamed
+    async def GetResults(
+        self, request: pb.GetResultsRequest, context: Any
+    ) -> AsyncIterator[pb.Record]:
+        """The finished run's records in input order, from ``start_index`` on."""
+        folder = self._folder(self._caller(context), request.task_path)
+        if folder.status().state not in FINAL_STATES or not folder.results_path.exists():
+            raise TaskNotFinished(f"{folder.name}: the run has not finished (WatchTask it)")
+        records = _records_from(folder, request.start_index)
+        while batch := await asyncio.to_thread(_next_batch, records):
+            for message in batch:
+                yield message
+
+    DownloadBatchResults = GetResults  # the seed's name for it
+
+    @_served
+    async def SendSingle(self, request: pb.SendSingleRequest, context: Any) -> pb.Record:
+        """One prompt through the fleet as a one-item task; its record."""
+        caller = self._caller(context)
+        timeout_s = request.timeout_s or SEND_SINGLE_TIMEOUT_S
+        record = await asyncio.to_thread(self._send_single, caller, request, timeout_s)
+        return record_message(0, record)
+
+    def _send_single(
+        self, caller: Caller, request: pb.SendSingleRequest, timeout_s: float
+    ) -> dict[str, Any]:
+        config = None
+        if request.config_json:
+            config = parse_config(orjson.loads(request.config_json), "config_json")
+        item = {_prompt_field(config or TaskConfig(), request.api): request.prompt}
+        user_id = caller.user_for(request.user_id)
+        folder = self.client.create_task(user_id, request.api, "single", config, [item])
+        run = self._execute(folder)
+        try:
+            run.wait(timeout=timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"no answer within {timeout_s:g}s (the task: {folder.path})"
+            ) from None
+        return next(run.results())
+
+    @_served
+    async def CreateBatch(self, request: pb.CreateTaskRequest, context: Any) -> pb.Task:
+        """A task in native batch mode, created and executed."""
+        caller = self._caller(context)
+        folder = await asyncio.to_thread(self._create, caller, request, "batch")
+        await asyncio.to_thread(self._execute, folder)
+        return task_message(folder)
+
+    @_served
+    async def CheckBatchStatus(self, request: pb.TaskRef, context: Any) -> pb.BatchStatus:
+        """The task and its native batches, with the provider's own status."""
+        folder = self._folder(self._caller(context), request.task_path)
+        states = await asyncio.to_thread(self.client.get_run(folder).batches)
+        batches = [
+            pb.NativeBatch(
+                number=s.number,
+                batch_id=s.batch_id or "",
+                status=s.status or "",
+                raw_status=s.raw_status or "",
+                request_counts=s.request_counts,
+                items=s.items,
+            )
+            for s in states
+        ]
+        return pb.BatchStatus(task=task_message(folder), batches=batches)
+
+
+def _prompt_field(config: TaskConfig, api: str) -> str:
+    """The item field a provider's section reads the prompt (DeepL: the text) from."""
+    section = config.provider(api)
+    return getattr(section, "prompt", None) or getattr(section, "text", "text")
+
+
+def _listed(tasks_dir: Path, user_id: str, state: str) -> list[TaskFolder]:
+    folders = list(iter_tasks(tasks_dir, user_id))
+    return [f for f in folders if not state or f.status().state == state]
+
+
+#: Records sent per read of the results file.
+RECORDS_PER_READ = 500
+
+
+def _records_from(folder: TaskFolder, start: int) -> Iterator[pb.Record]:
+    for index, record in enumerate(read_records(folder.results_path)):
+        if index >= start:
+            yield record_message(index, record)
+
+
+def _next_batch(records: Iterator[pb.Record]) -> list[pb.Record]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == RECORDS_PER_READ:
+            break
+    return batch
