@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from mitrailleuse.services.tokens import Caller, Forbidden, Unauthenticated
 from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder, iter_tasks
 from mitrailleuse.v1 import mitrailleuse_pb2 as pb
 from mitrailleuse.v1 import mitrailleuse_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 #: How often a watched run's progress is read (one read per run, however many watch it).
 WATCH_POLL_S = 0.5
@@ -83,6 +86,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     """End the call with the error's status and its one line; never a traceback."""
     code = status_of(error)
     if code is None:
+        log.exception("a gRPC call failed unexpectedly", exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
     if code is grpc.StatusCode.UNAVAILABLE and isinstance(error, redis.RedisError):
         await context.abort(code, "the broker (Redis) does not answer")
@@ -173,6 +177,8 @@ class _Watch:
     """A watched run: its latest progress, and the streams waiting for the next."""
 
     latest: pb.Progress | None = None
+    #: Why the progress can no longer be read (Redis gone): every watcher's stream ends with it.
+    error: Exception | None = None
     watchers: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     poller: asyncio.Task[None] | None = None
@@ -181,10 +187,21 @@ class _Watch:
         """The latest progress, once it is newer than ``event_id``."""
         async with self.changed:
             await self.changed.wait_for(
-                lambda: self.latest is not None and self.latest.event_id > event_id
+                lambda: (
+                    self.error is not None
+                    or (self.latest is not None and self.latest.event_id > event_id)
+                )
             )
+            if self.error is not None:
+                raise self.error
             assert self.latest is not None
             return self.latest
+
+    async def publish(self, latest: pb.Progress | None, error: Exception | None = None) -> None:
+        """Wake every watcher with a new progress, or the error that ends the watch."""
+        async with self.changed:
+            self.latest, self.error = latest or self.latest, error
+            self.changed.notify_all()
 
 
 class ProgressHub:
@@ -219,14 +236,16 @@ class ProgressHub:
     async def _poll(self, run: Run, watch: _Watch) -> None:
         event_id = 0
         while True:
-            message = await asyncio.to_thread(_progress_message, run)
+            try:
+                message = await asyncio.to_thread(_progress_message, run)
+            except Exception as error:  # the watchers' streams end with it, as a status code
+                await watch.publish(None, error)
+                return
             last = watch.latest
             if last is None or _changed(last, message):
                 event_id += 1
                 message.event_id = event_id
-                async with watch.changed:
-                    watch.latest = message
-                    watch.changed.notify_all()
+                await watch.publish(message)
             if message.finished:
                 return
             await asyncio.sleep(self.poll_s)

@@ -175,6 +175,7 @@ def test_a_newcomer_runs_a_task_against_the_simulator(newcomer):
     [
         (("create", "--api-name", "deepl", "--user-id", "u", "--task-name", "t"), "deepl"),
         (("flower",), "flower"),
+        (("serve", "grpc"), "grpc"),
     ],
 )
 def test_a_command_that_needs_an_extra_names_it_in_one_line(newcomer, args, extra):
