@@ -7,8 +7,8 @@ target, met?) and writes the same rows, each bench's raw numbers and the machine
 to ``benchmarks/results.json`` (``results-quick.json`` with ``--quick``, a smoke test of every
 bench at small sizes in about two minutes).
 
-Usage: ``python benchmarks/run.py [inputs pipeline ratelimit limits scale native_batch guarantees]
-[--quick]``
+Usage: ``python benchmarks/run.py [inputs pipeline ratelimit limits scale native_batch guarantees
+grpc] [--quick]``
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "scale": ([], ["--lines", "50000", "--seconds", "10"]),
     "native_batch": ([], ["--items", "200", "--batch-duration-s", "2"]),
     "guarantees": ([], ["--items", "60", "--kill-items", "200", "--runs", "3"]),
+    "grpc": ([], ["--items", "400", "--rounds", "1"]),
 }
 #: A bench still running after this long is stopped and reported as failed.
 TIMEOUT_S = {False: 20 * 60, True: 5 * 60}
