@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +244,9 @@ class ProgressHub:
                 return
             last = watch.latest
             if last is None or _changed(last, message):
-                event_id += 1
+                # the time in ms: ids keep growing across watches and server restarts, so a
+                # client that reconnects (here or to another server) resumes after its last
+                event_id = max(event_id + 1, time.time_ns() // 1_000_000)
                 message.event_id = event_id
                 await watch.publish(message)
             if message.finished:

@@ -115,7 +115,8 @@ def test_create_execute_watch_and_results(serve, start_worker):
 
     stub.ExecuteTask(pb.TaskRef(task_path=task.task_path))
     events = list(stub.WatchTask(pb.WatchTaskRequest(task_path=task.task_path), timeout=120))
-    assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+    ids = [e.event_id for e in events]
+    assert ids == sorted(set(ids)) and ids[0] > 0
     final = events[-1]
     assert final.finished and final.state == "completed" and final.counts.succeeded == 40
     assert all(not e.finished for e in events[:-1])
@@ -129,9 +130,13 @@ def test_create_execute_watch_and_results(serve, start_worker):
     assert [r.index for r in streamed] == list(range(40))
     resumed = stub.GetResults(pb.GetResultsRequest(task_path=task.task_path, start_index=35))
     assert [r.id for r in resumed] == [r["id"] for r in on_disk[35:]]
-    # a watcher that comes after the end gets the final state at once
+    # a watcher that comes after the end gets the final state at once, and one that resumes
+    # after an event it got (reconnecting) gets what came after it
     (late,) = stub.WatchTask(pb.WatchTaskRequest(task_path=task.task_path), timeout=30)
-    assert late.finished and late.counts == final.counts
+    assert late.finished and late.counts == final.counts and late.event_id > final.event_id
+    resumed = pb.WatchTaskRequest(task_path=task.task_path, after_event_id=events[0].event_id)
+    (again,) = stub.WatchTask(resumed, timeout=30)
+    assert again.finished and again.event_id > events[0].event_id
 
     status = stub.GetTaskStatus(pb.TaskRef(task_path=task.task_path))
     assert (status.state, status.counts.succeeded, status.mode) == ("completed", 40, "realtime")
