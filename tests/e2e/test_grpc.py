@@ -142,6 +142,17 @@ def test_create_execute_watch_and_results(serve, start_worker):
     assert (status.state, status.counts.succeeded, status.mode) == ("completed", 40, "realtime")
     listed = stub.ListTasks(pb.ListTasksRequest(user_id="alice", state="completed"))
     assert [t.task_path for t in listed.tasks] == [task.task_path]
+    others = [stub.CreateTask(create_request(rows[:1], name=f"p{n}")) for n in range(3)]
+    paths, token = [], ""
+    while True:  # two at a time, oldest first
+        page = stub.ListTasks(pb.ListTasksRequest(user_id="alice", page_size=2, page_token=token))
+        assert len(page.tasks) <= 2
+        paths += [t.task_path for t in page.tasks]
+        if not (token := page.next_page_token):
+            break
+    assert paths == [task.task_path, *(t.task_path for t in others)]
+    created = stub.ListTasks(pb.ListTasksRequest(state="created"))
+    assert [t.task_name for t in created.tasks] == ["p0", "p1", "p2"]
 
 
 def test_send_single(serve, start_worker):

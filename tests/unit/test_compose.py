@@ -209,8 +209,10 @@ def run_compose(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProce
     # Only what the CLI needs: no COMPOSE_* or provider variables from the caller's shell, and
     # .env.example instead of a developer's compose/.env.
     base = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+    # Every profile on, so the opt-in services (grpc) are resolved and checked too.
+    profiles = [arg for name in profiles_of(raw_model()) for arg in ("--profile", name)]
     return subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), *args],
+        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), *profiles, *args],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,
@@ -291,6 +293,10 @@ def seconds(duration: str | int | float) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def profiles_of(model: Mapping[str, Any]) -> list[str]:
+    return sorted({name for s in model["services"].values() for name in s.get("profiles", [])})
+
+
 def worker_services(model: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The services that run ``mitrailleuse worker``."""
     return {
@@ -305,7 +311,9 @@ def key_variables(provider: str) -> set[str]:
     return set(provider_class(provider).key_variables)
 
 
-SECRET_VARIABLES = {"FLOWER_BASIC_AUTH"}.union(*map(key_variables, available_providers()))
+SECRET_VARIABLES = {"FLOWER_BASIC_AUTH", "MITRAILLEUSE_API_TOKENS"}.union(
+    *map(key_variables, available_providers())
+)
 
 
 # --- the compose file against the Compose Specification -------------------------------------
@@ -434,11 +442,36 @@ def test_flower_needs_a_password_and_gets_no_key(fleet):
     assert option(args_of(flower["command"]), "--port") == "5555"
 
 
+def test_grpc_is_opt_in_and_serves_beyond_loopback_only_with_tls_and_tokens(fleet):
+    grpc = fleet["services"]["grpc"]
+    assert grpc["profiles"] == ["grpc"], "`docker compose up` alone does not start it"
+    args = args_of(grpc["command"])
+    assert args[:2] == ["serve", "grpc"] and option(args, "--address") == "0.0.0.0"
+    secrets = {
+        (entry if isinstance(entry, str) else entry["source"]): (
+            f"/run/secrets/{entry}" if isinstance(entry, str) else entry["target"]
+        )
+        for entry in grpc["secrets"]
+    }
+    assert set(secrets) <= set(fleet["secrets"])
+    assert option(args, "--tls-cert") in secrets.values()
+    assert option(args, "--tls-key") in secrets.values()
+    assert "MITRAILLEUSE_API_TOKENS" in environment_of(grpc)
+    port = option(args, "--port")
+    (published,) = grpc["ports"]
+    if isinstance(published, str):
+        host_ip, host_port, target = published.rsplit(":", 2)
+    else:
+        host_ip, host_port, target = (published[k] for k in ("host_ip", "published", "target"))
+    assert (host_ip, str(host_port), str(target)) == ("127.0.0.1", port, port)
+
+
 def test_keys_go_only_where_they_are_used(fleet):
     native_batch = {p for p in provider_queues() if provider_class(p).supports_native_batch}
     allowed = {f"worker-{p}": key_variables(p) for p in provider_queues()}
     allowed["worker-control"] = set().union(*map(key_variables, native_batch))
     allowed["flower"] = {"FLOWER_BASIC_AUTH"}
+    allowed["grpc"] = {"MITRAILLEUSE_API_TOKENS"}
     for name, service in fleet["services"].items():
         given = SECRET_VARIABLES & set(environment_of(service))
         assert given <= allowed.get(name, set()), f"{name} gets {sorted(given)}"
