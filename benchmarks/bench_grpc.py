@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -41,58 +38,12 @@ from common import (
 )
 
 from mitrailleuse.api import Mitrailleuse
-from mitrailleuse.testing import cpu_seconds
+from mitrailleuse.testing import GrpcServiceProcess, cpu_seconds
 from mitrailleuse.v1 import mitrailleuse_pb2 as pb
 from mitrailleuse.v1 import mitrailleuse_pb2_grpc as pb_grpc
 
 #: How long a run (and its watchers) may take before the bench gives up.
 RUN_TIMEOUT_S = 900
-
-
-class GrpcServer:
-    """``mitrailleuse serve grpc --port 0`` in a child process; its stderr drained in a thread."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mitrailleuse", "serve", "grpc", "--port", "0"],
-            env=env,
-            cwd=REPO,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while True:
-            line = self.process.stderr.readline()
-            lines.append(line)
-            if found := re.search(r"gRPC service on (\S+)", line):
-                self.target = found.group(1)
-                break
-            if not line or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("the gRPC service did not start:\n" + "".join(lines))
-        self.tail: list[str] = []
-        drain = threading.Thread(target=self._drain, name="grpc-stderr", daemon=True)
-        drain.start()
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.tail = [*self.tail[-50:], line]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Watchers:
@@ -149,7 +100,7 @@ class Watchers:
         return seen
 
 
-def run_once(bench, server: GrpcServer, items: int, name: str, watchers: int) -> dict:
+def run_once(bench, server: GrpcServiceProcess, items: int, name: str, watchers: int) -> dict:
     """One run of ``items``, watched by ``watchers`` streams (0: unwatched), submit -> completed."""
     source = write_questions(bench.scratch / f"{name}.jsonl", items)
     m = Mitrailleuse()
@@ -193,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_env(f"--latency-ms={args.latency_ms}") as bench:
         bench.worker(env=UNLIMITED_ENV)
-        server = GrpcServer({**os.environ, **bench.env})
+        server = GrpcServiceProcess({**os.environ, **bench.env}, cwd=REPO)
         bench.started.append(server)  # stopped with the fleet
         run_once(bench, server, max(args.items // 10, 50), "warmup", 0)
         runs: list[dict] = []

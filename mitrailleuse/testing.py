@@ -1,4 +1,4 @@
-"""Real processes for tests and benchmarks: a redis-server and Celery workers.
+"""Real processes for tests and benchmarks: a redis-server, Celery workers, the gRPC service.
 
 Like ``celery.contrib.testing``, this ships with the package so that the test suite, the
 benchmarks and users' own tests start the same real things the same way.
@@ -7,9 +7,12 @@ benchmarks and users' own tests start the same real things the same way.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,6 +140,55 @@ class BeatProcess:
         """Stop it (SIGKILL: a crash)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class GrpcServiceProcess:
+    """``mitrailleuse serve grpc --port 0`` in a child process, on the port it found.
+
+    ``target`` is its ``host:port``; its stderr is drained in a thread (a full pipe would stop
+    it), the last lines kept in ``tail``.
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], cwd: Path | None = None, timeout_s: float = 60
+    ) -> None:
+        command = [sys.executable, "-m", "mitrailleuse", "serve", "grpc", "--port", "0"]
+        self.process = subprocess.Popen(
+            command, env=dict(env), cwd=cwd, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stderr is not None
+        self.tail: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.process.stderr.readline()
+            self.tail.append(line)
+            if found := re.search(r"gRPC service on (\S+)", line):
+                self.target = found.group(1)
+                break
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the gRPC service did not start:\n" + "".join(self.tail))
+        threading.Thread(target=self._drain, name="grpc-stderr", daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.tail = [*self.tail[-50:], line]
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 15 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:

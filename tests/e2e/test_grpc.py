@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from mitrailleuse.testing import RedisServer
+from mitrailleuse.testing import GrpcServiceProcess, RedisServer
 from mitrailleuse.v1 import mitrailleuse_pb2 as pb
 from mitrailleuse.v1 import mitrailleuse_pb2_grpc as pb_grpc
 from tests.e2e.helpers import questions, results
@@ -36,37 +35,17 @@ SERVICE = "mitrailleuse.v1.MitrailleuseService"
 TOKENS = "alice:alice-token-0123456789,bob:bob-token-0123456789"
 
 
-class GrpcServer:
-    """``mitrailleuse serve grpc`` in a child process, on a free loopback port."""
+class GrpcServer(GrpcServiceProcess):
+    """The service in a child process, and a channel and stub to it."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mitrailleuse", "serve", "grpc", "--port", "0", *args],
-            env=env,
-            cwd=REPO,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines = []
-        deadline = time.monotonic() + 60
-        while True:
-            line = self.process.stderr.readline()
-            lines.append(line)
-            if found := re.search(r"gRPC service on (\S+)", line):
-                self.target = found.group(1)
-                break
-            assert line and time.monotonic() < deadline, "".join(lines)
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(env, cwd=REPO)
         self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.MitrailleuseServiceStub(self.channel)
 
     def stop(self) -> None:
         self.channel.close()
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        super().stop()
 
 
 @pytest.fixture
