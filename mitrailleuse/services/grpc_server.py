@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import redis
+from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from mitrailleuse.api import Mitrailleuse
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 #: The service's full name, as reflection and health name it.
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MitrailleuseService"].full_name
 DEFAULT_PORT = 50051
+#: The shortest token a service beyond loopback accepts.
+MIN_TOKEN_CHARS = 16
 #: How often the health service asks Redis whether it answers.
 HEALTH_CHECK_S = 1.0
 
@@ -42,6 +44,8 @@ def check_exposure(address: str, tls: tuple[Path, Path] | None, tokens: dict[str
         raise ConfigError(f"serving on {address} needs TLS: give --tls-cert and --tls-key")
     if not tokens:
         raise ConfigError(f"serving on {address} needs {TOKENS_VARIABLE} (user:token pairs)")
+    if any(len(token) < MIN_TOKEN_CHARS for token in tokens):
+        raise ConfigError(f"serving on {address} needs tokens of {MIN_TOKEN_CHARS}+ characters")
 
 
 def serve(
@@ -68,16 +72,11 @@ async def _serve(
 ) -> None:
     server = grpc.aio.server()
     pb_grpc.add_MitrailleuseServiceServicer_to_server(MitrailleuseService(client, tokens), server)
-    health = HealthServicer()
+    health = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-    target = f"{address}:{port}"
-    if tls is None:
-        bound = server.add_insecure_port(target)
-    else:
-        cert, key = (path.read_bytes() for path in tls)
-        bound = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+    bound = _bind(server, address, port, tls)
     probe = redis.Redis.from_url(client.redis_url, socket_timeout=1, socket_connect_timeout=1)
     await _check_redis(probe, health)  # a status from the first call on
     await server.start()
@@ -88,10 +87,25 @@ async def _serve(
         await server.wait_for_termination()
     finally:
         watcher.cancel()
+        await health.enter_graceful_shutdown()
         await server.stop(grace=5)
 
 
-async def _check_redis(probe: redis.Redis, health: HealthServicer) -> None:
+def _bind(server: grpc.aio.Server, address: str, port: int, tls: tuple[Path, Path] | None) -> int:
+    """Listen on ``address:port`` (TLS when given); the port bound, or a one-line ConfigError."""
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    try:
+        if tls is None:
+            return server.add_insecure_port(target)
+        cert, key = (path.read_bytes() for path in tls)
+        return server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+    except OSError as error:
+        raise ConfigError(f"cannot read the TLS files: {error}") from None
+    except RuntimeError:  # grpc's word for a port in use, or an address it cannot bind
+        raise ConfigError(f"cannot listen on {target} (in use, or not this machine's)") from None
+
+
+async def _check_redis(probe: redis.Redis, health: grpc_health.aio.HealthServicer) -> None:
     """SERVING if Redis answers a PING now (within a second), else NOT_SERVING."""
     try:
         up = await asyncio.to_thread(probe.ping)
@@ -104,7 +118,7 @@ async def _check_redis(probe: redis.Redis, health: HealthServicer) -> None:
         await health.set(name, status)
 
 
-async def _watch_redis(probe: redis.Redis, health: HealthServicer) -> None:
+async def _watch_redis(probe: redis.Redis, health: grpc_health.aio.HealthServicer) -> None:
     """Follow Redis: the health status changes within a few seconds of it."""
     while True:
         await asyncio.sleep(HEALTH_CHECK_S)

@@ -9,6 +9,7 @@ hundred watchers cost the run what one does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ import grpc
 import orjson
 import redis
 from google.protobuf import json_format
+from kombu.exceptions import OperationalError
 
 from mitrailleuse.api import Mitrailleuse, Progress, Run
 from mitrailleuse.config import TaskConfig, parse_config
@@ -53,7 +55,11 @@ class Unavailable(MitrailleuseError):
 
 
 class TaskNotFinished(MitrailleuseError):
-    """Results asked for before the run ended."""
+    """Results asked for before the run ended (or a run that ended without them)."""
+
+
+class AnswerLate(MitrailleuseError):
+    """``SendSingle``'s answer did not come within its time."""
 
 
 #: The status code of each error the Python API (or this service) raises.
@@ -67,8 +73,13 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     BrokerError: grpc.StatusCode.UNAVAILABLE,
     redis.ConnectionError: grpc.StatusCode.UNAVAILABLE,
     redis.TimeoutError: grpc.StatusCode.UNAVAILABLE,
+    OperationalError: grpc.StatusCode.UNAVAILABLE,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    AnswerLate: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FileNotFoundError: grpc.StatusCode.NOT_FOUND,
     TaskNotFinished: grpc.StatusCode.FAILED_PRECONDITION,
+    # any other of the Python API's one-line errors (a provider's refusal, ...): said as is
+    MitrailleuseError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -117,9 +128,10 @@ def _streamed(
 
     @functools.wraps(method)
     async def call(self: MitrailleuseService, request: Any, context: Any) -> AsyncIterator[T]:
-        try:
-            async for message in method(self, request, context):
-                yield message
+        try:  # closed at once when the client goes: a watch then stops counting it
+            async with contextlib.aclosing(method(self, request, context)) as messages:
+                async for message in messages:
+                    yield message
         except Exception as error:
             await _abort(context, error)
 
@@ -184,15 +196,23 @@ class _Watch:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     poller: asyncio.Task[None] | None = None
 
-    async def after(self, event_id: int) -> pb.Progress:
-        """The latest progress, once it is newer than ``event_id``."""
-        async with self.changed:
-            await self.changed.wait_for(
-                lambda: (
-                    self.error is not None
-                    or (self.latest is not None and self.latest.event_id > event_id)
-                )
+    async def after(self, event_id: int, first: bool = False) -> pb.Progress:
+        """The latest progress, once it is newer than ``event_id``.
+
+        A stream's ``first`` message may be an older one when the run has finished: a client
+        resuming after the final event (or with a clock ahead) still gets the end.
+        """
+
+        def ready() -> bool:
+            latest = self.latest
+            if self.error is not None:
+                return True
+            return latest is not None and (
+                latest.event_id > event_id or (first and latest.finished)
             )
+
+        async with self.changed:
+            await self.changed.wait_for(ready)
             if self.error is not None:
                 raise self.error
             assert self.latest is not None
@@ -222,7 +242,7 @@ class ProgressHub:
         sent = after_event_id
         try:
             while True:
-                latest = await watch.after(sent)
+                latest = await watch.after(sent, first=sent == after_event_id)
                 sent = latest.event_id
                 yield latest
                 if latest.finished:
@@ -279,7 +299,11 @@ def _progress_message(run: Run) -> pb.Progress:
 
 
 class MitrailleuseService(pb_grpc.MitrailleuseServiceServicer):
-    """The service's calls, each a few lines over :class:`mitrailleuse.api.Mitrailleuse`."""
+    """The service's calls, each a few lines over :class:`mitrailleuse.api.Mitrailleuse`.
+
+    A call's work (Redis, the disk) runs in a thread (``_in_thread``): the loop only moves
+    messages, so that a hundred streams and slow disks never hold each other up.
+    """
 
     def __init__(self, client: Mitrailleuse, tokens: dict[str, str]) -> None:
         self.client = client
@@ -299,13 +323,9 @@ class MitrailleuseService(pb_grpc.MitrailleuseServiceServicer):
 
     def _create(self, caller: Caller, request: pb.CreateTaskRequest, mode: str | None) -> Any:
         user_id = caller.user_for(request.user_id)
-        config: TaskConfig | None = None
-        if request.config_json:
-            try:
-                data = orjson.loads(request.config_json)
-            except orjson.JSONDecodeError as error:
-                raise ConfigError(f"config_json: not valid JSON: {error}") from None
-            config = parse_config(data, "config_json")
+        if request.input_paths and caller.user_id is not None:
+            raise Forbidden("input_paths are read on the server: with tokens, send items")
+        config = _config(request.config_json)
         if mode is not None:
             config = config or TaskConfig()
             config.provider(request.api).mode = mode
@@ -318,63 +338,82 @@ class MitrailleuseService(pb_grpc.MitrailleuseServiceServicer):
         unserved = sorted(q for q, found in self.client.workers(folder).items() if not found)
         if unserved:
             raise Unavailable(
-                f"no worker serves {', '.join(unserved)}: start one (mitrailleuse worker)"
+                f"no worker serves {', '.join(unserved)}: start one (mitrailleuse worker); "
+                f"the task waits, created: {folder.path}"
             )
         return self.client.submit(folder)
+
+    def _status(self, folder: TaskFolder) -> pb.Task:
+        """The folder's view of a task, made live from Redis while it runs."""
+        progress = self.client.get_run(folder).progress()
+        message = task_message(folder)
+        message.state = progress.state
+        message.counts.CopyFrom(_counts(progress))
+        return message
 
     @_served
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Any) -> pb.Task:
         """A task folder: the config validated, literal keys scrubbed, inputs copied."""
         caller = self._caller(context)
-        folder = await asyncio.to_thread(self._create, caller, request, None)
-        return task_message(folder)
+        return await _in_thread(lambda: task_message(self._create(caller, request, None)))
 
     @_served
     async def ExecuteTask(self, request: pb.TaskRef, context: Any) -> pb.Task:
         """Submit the task to the fleet (UNAVAILABLE when no worker serves its queue)."""
-        folder = self._folder(self._caller(context), request.task_path)
-        await asyncio.to_thread(self._execute, folder)
-        return task_message(folder)
+        caller = self._caller(context)
+
+        def execute() -> pb.Task:
+            folder = self._folder(caller, request.task_path)
+            self._execute(folder)
+            return task_message(folder)
+
+        return await _in_thread(execute)
 
     @_served
     async def GetTaskStatus(self, request: pb.TaskRef, context: Any) -> pb.Task:
         """The task's state and counts, live while it runs."""
-        folder = self._folder(self._caller(context), request.task_path)
-        progress = await asyncio.to_thread(self.client.get_run(folder).progress)
-        message = task_message(folder)  # the folder's view, made live from Redis
-        message.state = progress.state
-        message.counts.CopyFrom(_counts(progress))
-        return message
+        caller = self._caller(context)
+        return await _in_thread(lambda: self._status(self._folder(caller, request.task_path)))
 
-    GetTaskByPath = GetTaskStatus  # the seed's name for it
+    GetTaskByPath = GetTaskStatus  # the original service's name for it
 
     @_served
     async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
         """The caller's tasks (oldest first), by state, a page at a time."""
         caller = self._caller(context)
         user_id = caller.user_for(request.user_id) if caller.user_id else request.user_id
+        if request.page_size < 0 or not (request.page_token or "0").isdigit():
+            raise ConfigError("page_size must be 0 or more, page_token one a response gave")
         size = min(request.page_size or 100, MAX_PAGE)
         start = int(request.page_token or 0)
-        folders = await asyncio.to_thread(
-            _listed, self.client.tasks_dir, user_id or "all", request.state
-        )
-        page = folders[start : start + size]
-        more = str(start + size) if start + size < len(folders) else ""
-        return pb.ListTasksResponse(tasks=[task_message(f) for f in page], next_page_token=more)
+
+        def page() -> pb.ListTasksResponse:
+            folders = _listed(self.client.tasks_dir, user_id or "all", request.state)
+            more = str(start + size) if start + size < len(folders) else ""
+            tasks = [task_message(f) for f in folders[start : start + size]]
+            return pb.ListTasksResponse(tasks=tasks, next_page_token=more)
+
+        return await _in_thread(page)
 
     @_served
     async def CancelTask(self, request: pb.TaskRef, context: Any) -> pb.Task:
         """Stop dispatching: in-flight items finish, the run ends cancelled."""
-        folder = self._folder(self._caller(context), request.task_path)
-        await asyncio.to_thread(self.client.get_run(folder).cancel)
-        return task_message(folder)
+        caller = self._caller(context)
+
+        def cancel() -> pb.Task:
+            folder = self._folder(caller, request.task_path)
+            self.client.get_run(folder).cancel()
+            return self._status(folder)
+
+        return await _in_thread(cancel)
 
     @_streamed
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Any
     ) -> AsyncIterator[pb.Progress]:
         """A progress message on every change, ending with the final state."""
-        folder = self._folder(self._caller(context), request.task_path)
+        caller = self._caller(context)
+        folder = await _in_thread(lambda: self._folder(caller, request.task_path))
         async for progress in self.hub.watch(self.client.get_run(folder), request.after_event_id):
             yield progress
 
@@ -383,67 +422,100 @@ class MitrailleuseService(pb_grpc.MitrailleuseServiceServicer):
         self, request: pb.GetResultsRequest, context: Any
     ) -> AsyncIterator[pb.Record]:
         """The finished run's records in input order, from ``start_index`` on."""
-        folder = self._folder(self._caller(context), request.task_path)
-        if folder.status().state not in FINAL_STATES or not folder.results_path.exists():
-            raise TaskNotFinished(f"{folder.name}: the run has not finished (WatchTask it)")
-        records = _records_from(folder, request.start_index)
-        while batch := await asyncio.to_thread(_next_batch, records):
+        caller = self._caller(context)
+
+        def records() -> Iterator[pb.Record]:
+            folder = self._folder(caller, request.task_path)
+            if folder.status().state not in FINAL_STATES or not folder.results_path.exists():
+                raise TaskNotFinished(f"{folder.name}: the run has not finished (WatchTask it)")
+            return _records_from(folder, request.start_index)
+
+        found = await _in_thread(records)
+        while batch := await _in_thread(lambda: _next_batch(found)):
             for message in batch:
                 yield message
 
-    DownloadBatchResults = GetResults  # the seed's name for it
+    DownloadBatchResults = GetResults  # the original service's name for a batch's results
 
     @_served
     async def SendSingle(self, request: pb.SendSingleRequest, context: Any) -> pb.Record:
-        """One prompt through the fleet as a one-item task; its record."""
+        """One prompt through the fleet as a one-item task; its record.
+
+        Waits ``timeout_s`` (default 120 s, at most the call's deadline) for the answer; then
+        DEADLINE_EXCEEDED, the task going on (its path in the message).
+        """
         caller = self._caller(context)
+        if request.timeout_s < 0:
+            raise ConfigError("timeout_s must be 0 (the default) or more")
         timeout_s = request.timeout_s or SEND_SINGLE_TIMEOUT_S
-        record = await asyncio.to_thread(self._send_single, caller, request, timeout_s)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = min(timeout_s, remaining)
+        run = await _in_thread(lambda: self._execute(self._single(caller, request)))
+        try:
+            await run.wait_async(timeout=timeout_s)
+        except TimeoutError:
+            raise AnswerLate(f"no answer within {timeout_s:g}s: {run.folder.path}") from None
+        record = await _in_thread(lambda: next(run.results(), None))
+        if record is None:
+            raise TaskNotFinished(f"the run ended {run.progress().state} with no record")
         return record_message(0, record)
 
-    def _send_single(
-        self, caller: Caller, request: pb.SendSingleRequest, timeout_s: float
-    ) -> dict[str, Any]:
-        config = None
-        if request.config_json:
-            config = parse_config(orjson.loads(request.config_json), "config_json")
+    def _single(self, caller: Caller, request: pb.SendSingleRequest) -> TaskFolder:
+        config = _config(request.config_json)
         item = {_prompt_field(config or TaskConfig(), request.api): request.prompt}
         user_id = caller.user_for(request.user_id)
-        folder = self.client.create_task(user_id, request.api, "single", config, [item])
-        run = self._execute(folder)
-        try:
-            run.wait(timeout=timeout_s)
-        except TimeoutError:
-            raise Unavailable(
-                f"no answer within {timeout_s:g}s (the task: {folder.path})"
-            ) from None
-        return next(run.results())
+        return self.client.create_task(user_id, request.api, "single", config, [item])
 
     @_served
     async def CreateBatch(self, request: pb.CreateTaskRequest, context: Any) -> pb.Task:
         """A task in native batch mode, created and executed."""
         caller = self._caller(context)
-        folder = await asyncio.to_thread(self._create, caller, request, "batch")
-        await asyncio.to_thread(self._execute, folder)
-        return task_message(folder)
+
+        def create_batch() -> pb.Task:
+            folder = self._create(caller, request, "batch")
+            self._execute(folder)
+            return task_message(folder)
+
+        return await _in_thread(create_batch)
 
     @_served
     async def CheckBatchStatus(self, request: pb.TaskRef, context: Any) -> pb.BatchStatus:
         """The task and its native batches, with the provider's own status."""
-        folder = self._folder(self._caller(context), request.task_path)
-        states = await asyncio.to_thread(self.client.get_run(folder).batches)
-        batches = [
-            pb.NativeBatch(
-                number=s.number,
-                batch_id=s.batch_id or "",
-                status=s.status or "",
-                raw_status=s.raw_status or "",
-                request_counts=s.request_counts,
-                items=s.items,
-            )
-            for s in states
-        ]
-        return pb.BatchStatus(task=task_message(folder), batches=batches)
+        caller = self._caller(context)
+
+        def check() -> pb.BatchStatus:
+            folder = self._folder(caller, request.task_path)
+            batches = [
+                pb.NativeBatch(
+                    number=s.number,
+                    batch_id=s.batch_id or "",
+                    status=s.status or "",
+                    raw_status=s.raw_status or "",
+                    request_counts=s.request_counts,
+                    items=s.items,
+                )
+                for s in self.client.get_run(folder).batches()
+            ]
+            return pb.BatchStatus(task=self._status(folder), batches=batches)
+
+        return await _in_thread(check)
+
+
+async def _in_thread(work: Callable[[], T]) -> T:
+    """``work`` (Redis, the disk) in a thread, the loop free meanwhile."""
+    return await asyncio.to_thread(work)
+
+
+def _config(text: str) -> TaskConfig | None:
+    """A request's ``config_json`` validated (None when empty: the defaults)."""
+    if not text:
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"config_json: not valid JSON: {error}") from None
+    return parse_config(data, "config_json")
 
 
 def _prompt_field(config: TaskConfig, api: str) -> str:

@@ -1,7 +1,7 @@
-"""Who calls a service: bearer tokens, each mapped to a user id (``MITRAILLEUSE_API_TOKENS``).
+"""Who calls the service: bearer tokens, each mapped to a user id (``MITRAILLEUSE_API_TOKENS``).
 
-Shared by the gRPC and HTTP services. Without tokens a service serves anyone (it then binds
-to loopback only); with them, every call names its token and sees only its user's tasks.
+Without tokens the service serves anyone (it then binds to loopback only); with them, every
+call names its token and sees only its user's tasks.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def parse_tokens(text: str) -> dict[str, str]:
         user, sep, token = entry.partition(":")
         if not sep or not user or not token:
             raise ConfigError(f"{TOKENS_VARIABLE}: expected user:token pairs, got {entry[:3]}…")
+        if token in tokens:
+            raise ConfigError(f"{TOKENS_VARIABLE}: one token is given to two users")
         tokens[token] = check_name(user, "user id")
     return tokens
 

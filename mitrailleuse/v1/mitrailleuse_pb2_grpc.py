@@ -151,7 +151,7 @@ class MitrailleuseServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendSingle(self, request, context):
-        """The seed's calls.
+        """The calls of the service Mitrailleuse started as.
         One prompt through the fleet (same limits, cache and cost limit); its record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -116,6 +116,9 @@ def test_create_execute_watch_and_results(serve, start_worker):
     resumed = pb.WatchTaskRequest(task_path=task.task_path, after_event_id=events[0].event_id)
     (again,) = stub.WatchTask(resumed, timeout=30)
     assert again.finished and again.event_id > events[0].event_id
+    past_the_end = pb.WatchTaskRequest(task_path=task.task_path, after_event_id=2**62)
+    (end,) = stub.WatchTask(past_the_end, timeout=30)
+    assert end.finished and end.state == "completed"
 
     status = stub.GetTaskStatus(pb.TaskRef(task_path=task.task_path))
     assert (status.state, status.counts.succeeded, status.mode) == ("completed", 40, "realtime")
@@ -244,9 +247,17 @@ def test_every_error_code(serve, tasks_dir):
     task = stub.CreateTask(create_request([{"input_text": "x"}]))
     code, details = code_of(lambda: stub.ExecuteTask(pb.TaskRef(task_path=task.task_path)))
     assert code is grpc.StatusCode.UNAVAILABLE
-    assert details == "no worker serves mitrailleuse, openai: start one (mitrailleuse worker)"
+    assert details == (
+        "no worker serves mitrailleuse, openai: start one (mitrailleuse worker); "
+        f"the task waits, created: {task.task_path}"
+    )
     code, _ = code_of(lambda: stub.GetResults(pb.GetResultsRequest(task_path=task.task_path)))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
+    single = pb.SendSingleRequest(user_id="alice", api="openai", prompt="x", config_json="{")
+    code, details = code_of(lambda: stub.SendSingle(single))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config_json: not")
+    pages = pb.ListTasksRequest(page_token="not-a-token")
+    assert code_of(lambda: stub.ListTasks(pages))[0] is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_tokens_scope_every_call_to_its_user(serve, start_worker):
@@ -274,6 +285,11 @@ def test_tokens_scope_every_call_to_its_user(serve, start_worker):
     ):
         assert code_of(call)[0] is grpc.StatusCode.NOT_FOUND
     assert stub.ListTasks(pb.ListTasksRequest(), metadata=bob).tasks == []
+    # files on the server are not a token user's to read
+    reading = pb.CreateTaskRequest(user_id="bob", api="openai", task_name="peek")
+    reading.input_paths.append(task.task_path + "/config/config.json")
+    code, details = code_of(lambda: stub.CreateTask(reading, metadata=bob))
+    assert code is grpc.StatusCode.PERMISSION_DENIED and "send items" in details
     assert [t.task_name for t in stub.ListTasks(pb.ListTasksRequest(), metadata=alice).tasks] == [
         "mine"
     ]
