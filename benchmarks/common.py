@@ -113,7 +113,11 @@ def bench_env(*simulator_args: str) -> Iterator[Bench]:
     with tempfile.TemporaryDirectory(prefix="mitrailleuse-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         redis_server = RedisServer(scratch / "redis").start()
-        simulator = SimulatorProcess("--no-record-log", *simulator_args).start()
+        try:
+            simulator = SimulatorProcess("--no-record-log", *simulator_args).start()
+        except BaseException:  # a simulator that cannot start must not leave Redis running
+            redis_server.stop()
+            raise
         env = {
             "REDIS_URL": redis_server.url,
             "OPENAI_BASE_URL": f"{simulator.url}/v1",
