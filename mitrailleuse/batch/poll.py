@@ -136,7 +136,8 @@ def refuse(run: RunState, folder: TaskFolder, state: batches.BatchState, provide
     refs, carried = _item_refs(folder, state)
     error = {"type": "batch_refused", "message": state.message, "status_code": None}
     records = {
-        item_id: carried[item_id].failed(ref, provider, error) for item_id, ref in refs.items()
+        item_id: carried[item_id].failed_record(ref, provider, error)
+        for item_id, ref in refs.items()
     }
     _store(run, folder, state, refs, records, set())
 
@@ -180,7 +181,7 @@ class _Carried:
         """The calls made for the item, this batch's included."""
         return 1 + reasks_of({"earlier": self.earlier}) + self.resent
 
-    def failed(self, ref: ItemRef, provider: Any, error: dict[str, Any]) -> dict[str, Any]:
+    def failed_record(self, ref: ItemRef, provider: Any, error: dict[str, Any]) -> dict[str, Any]:
         """A failed record, keeping what earlier answers cost."""
         record = failed(ref, provider.name, provider.model, error, self.attempts, mode="batch")
         if self.earlier:
@@ -246,7 +247,7 @@ class _Results:
     def _take(self, ref: ItemRef, outcome: Answer | ProviderError) -> None:
         provider, carried = self.provider, self.carried[ref.id]
         if isinstance(outcome, ProviderError):
-            self.records[ref.id] = carried.failed(ref, provider, outcome.as_record_error())
+            self.records[ref.id] = carried.failed_record(ref, provider, outcome.as_record_error())
             return
         name, model, attempts = provider.name, provider.model, carried.attempts
         cost = cost_usd(self.price, outcome.usage, batch=True)
@@ -285,7 +286,10 @@ def _missing_after_resend(
         f"after one re-submission",
         "status_code": None,
     }
-    return {item_id: carried[item_id].failed(refs[item_id], provider, error) for item_id in missing}
+    return {
+        item_id: carried[item_id].failed_record(refs[item_id], provider, error)
+        for item_id in missing
+    }
 
 
 def cancel_all(run: RunState, folder: TaskFolder) -> int:

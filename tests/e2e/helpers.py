@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,15 @@ NO_OVERRIDES = {
     for provider in ("OPENAI", "DEEPSEEK", "DEEPL")
     for limit in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "MAX_IN_FLIGHT")
 }
+
+
+def newcomer_env() -> dict[str, str]:
+    """The environment a README example runs in: none of the test fleet's Redis, settings, keys."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("REDIS_URL", "MITRAILLEUSE_", "OPENAI_"))
+    }
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

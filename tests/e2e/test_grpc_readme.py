@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from tests.e2e.helpers import newcomer_env
 from tests.e2e.test_grpc import SERVICE, GrpcServer
 
 pytestmark = pytest.mark.e2e
@@ -345,11 +346,7 @@ def test_the_readme_python_client_runs_as_written(serve, start_worker, tmp_path:
     port = server.target.rpartition(":")[2]
     script = tmp_path / "client.py"
     script.write_text(block.replace(README_ADDRESS, f"localhost:{port}"))
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("REDIS_URL", "MITRAILLEUSE_", "OPENAI_"))
-    }
+    env = newcomer_env()
     env["PYTHONPATH"] = str(REPO)
     done = subprocess.run(
         [sys.executable, str(script)],

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.e2e.helpers import newcomer_env
 from tests.e2e.test_cli import REPO
 
 pytestmark = pytest.mark.e2e
@@ -36,11 +37,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path):
     assert block.startswith("pip install mitrailleuse\n")
     port = str(free_port())
     script = block.removeprefix("pip install mitrailleuse\n").replace("8765", port)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("REDIS_URL", "MITRAILLEUSE_", "OPENAI_"))
-    }
+    env = newcomer_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     done = subprocess.run(
         ["bash", "-e", "-c", f"trap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"],
