@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-duration-s", type=float, default=defaults.batch_duration_s)
     parser.add_argument("--deepl-character-limit", type=int, default=None)
     parser.add_argument("--hang-s", type=float, default=defaults.hang_s)
+    parser.add_argument("--stream-chunk-ms", type=float, default=defaults.stream_chunk_ms)
     parser.add_argument(
         "--no-record-log", dest="record_log", action="store_false", help="disable /_sim/log"
     )

@@ -159,6 +159,10 @@ class SimState:
         self.gemini_requests = 0
         self.gemini_batches_created = 0
         self.structured_requests = 0  # Live calls asking for a JSON Schema answer (any API).
+        self.chat_streams = 0  # Chat answers streamed (stream=true, begun: not refused first).
+        self.chat_streams_completed = 0  # ... that reached [DONE],
+        self.chat_streams_cut = 0  # ... cut by [[cut-stream]],
+        self.chat_streams_errored = 0  # ... ended by [[stream-error]]'s error event.
         self.files_uploaded = 0
         self.deepl_characters = 0
         self.request_window: deque[float] = deque()
@@ -340,6 +344,10 @@ class SimState:
             "gemini_requests": self.gemini_requests,
             "gemini_batches_created": self.gemini_batches_created,
             "structured_requests": self.structured_requests,
+            "chat_streams": self.chat_streams,
+            "chat_streams_completed": self.chat_streams_completed,
+            "chat_streams_cut": self.chat_streams_cut,
+            "chat_streams_errored": self.chat_streams_errored,
             "files_uploaded": self.files_uploaded,
         }
 

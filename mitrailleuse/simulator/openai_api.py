@@ -10,11 +10,22 @@ object break the schema (the second not in a re-ask, which holds an assistant me
 ``[[refusal]]`` answers ``content`` null and ``refusal`` "I'm sorry, ..." (``finish_reason``
 ``"stop"``); ``[[length]]`` the first half of the text with ``finish_reason`` ``"length"``.
 The last two act on plain answers too.
+
+Streaming: ``"stream": true`` answers ``text/event-stream``, OpenAI's ``data: <chunk>`` events
+(:func:`completion_chunks`: the role, the answer's words, the ``finish_reason``, the usage when
+``stream_options.include_usage`` asks) ending with ``data: [DONE]``, each chunk after a pause
+of ``stream_chunk_ms``. Faults before the stream (status markers, rate limits) are HTTP errors
+as without it; mid-stream faults, from the last user message, after half the chunks:
+``[[cut-stream]]`` closes the connection (no ``finish_reason``, no ``[DONE]``),
+``[[cut-stream-once]]`` only the first time that text is sent, ``[[stream-error]]`` sends an
+error event (``data: {"error": {...}}``, a ``server_error``) and ends without ``[DONE]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -37,6 +48,8 @@ BATCH_MAX_LINES = 50_000
 BATCH_MAX_BYTES = 200 * 1024 * 1024
 BATCH_MAX_ERRORS = 100
 COMPLETION_WINDOW_S = 24 * 3600
+DONE_EVENT = b"data: [DONE]\n\n"
+_PIECE_RE = re.compile(r"\s*\S{1,16}\s*|\s+")  # A streamed delta: a word (cut at 16) and its spaces
 
 _ERROR_TYPES: dict[int, tuple[str, str | None]] = {
     400: ("invalid_request_error", None),
@@ -142,6 +155,9 @@ def openai_error(
     return json_response(openai_error_body(status, message, type_, code, param), status, headers)
 
 
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+
+
 def _marker_error_body(code: int) -> dict[str, Any]:
     return openai_error_body(code, f"Simulated error {code} ([[status:{code}]] marker).")
 
@@ -177,6 +193,42 @@ def completion(
     }
 
 
+def completion_chunks(payload: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects that stream ``payload`` (a ``chat.completion``).
+
+    A delta with the role, the text (``content``, or ``refusal`` for a refusal) in pieces of
+    :data:`_PIECE_RE`, an empty delta with the ``finish_reason``, and with ``include_usage`` a
+    last chunk with no choice and the usage (the others carrying ``"usage": null``, as OpenAI's).
+    """
+    choice = payload["choices"][0]
+    message = choice["message"]
+    key = "content" if message["content"] is not None else "refusal"
+    head: dict[str, Any] = {
+        "id": payload["id"],
+        "object": "chat.completion.chunk",
+        "created": payload["created"],
+        "model": payload["model"],
+    }
+    if include_usage:
+        head["usage"] = None
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        return {**head, "choices": choices}
+
+    chunks = [chunk({"role": "assistant", key: ""})]
+    chunks.extend(chunk({key: piece}) for piece in _PIECE_RE.findall(message[key]))
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": payload["usage"]})
+    return chunks
+
+
+def _event(payload: Any) -> bytes:
+    """One server-sent event carrying ``payload`` as its JSON data."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
 def _bearer_ok(header: str | None) -> bool:
     return header is not None and header.startswith("Bearer ") and len(header.strip()) > 7
 
@@ -196,8 +248,13 @@ def _validate_chat(body: Any) -> tuple[str, str | None, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return "Missing required parameter: 'model'.", "model", None
-    if body.get("stream"):
-        return "The simulator does not support stream=true.", "stream", None
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return "Invalid type for 'stream': expected a boolean.", "stream", None
+    options = body.get("stream_options")
+    if options is not None and not (stream and isinstance(options, dict)):
+        problem = "The 'stream_options' parameter is only allowed, as an object, with 'stream'."
+        return problem, "stream_options", None
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         spec = response_format.get("json_schema")
@@ -291,7 +348,7 @@ class OpenAIApi:
 
     # -- chat ------------------------------------------------------------------------------
 
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """Answer ``POST /v1/chat/completions`` and log it."""
         state = self.state
         state.chat_requests += 1
@@ -301,7 +358,7 @@ class OpenAIApi:
         state.record(started, CHAT_PATH, response.status, texts)
         return response
 
-    async def _chat(self, request: web.Request, texts: list[str]) -> web.Response:
+    async def _chat(self, request: web.Request, texts: list[str]) -> web.StreamResponse:
         state = self.state
         if not _bearer_ok(request.headers.get("Authorization")):
             return openai_error(
@@ -337,25 +394,62 @@ class OpenAIApi:
         await state.delay()
         markers = parse_markers(user)
         if markers is not None:
+            markers = state.active_markers("chat", user, markers)
             response = await self._fault(user, markers, headers)
             if response is not None:
                 return response
         if state.random_failure():
-            return openai_error(
-                500,
-                "The server had an error while processing your request. Sorry about that!",
-                headers=headers,
-            )
+            return openai_error(500, _SERVER_ERROR, headers=headers)
         payload = completion(
             state.new_id("chatcmpl-"), body["model"], answer, scan.prompt_tokens, int(time.time())
         )
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = completion_chunks(payload, include_usage)
+            return await self._stream(request, chunks, markers or {}, headers)
         return json_response(payload, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chunks: list[dict[str, Any]],
+        markers: dict[str, int | None],
+        headers: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        """Send ``chunks`` as server-sent events, broken off as the stream markers say."""
+        state = self.state
+        cut = "cut-stream" in markers
+        failing = "stream-error" in markers
+        if cut or failing:
+            chunks = chunks[: len(chunks) // 2]
+        response = web.StreamResponse(headers=headers)
+        response.content_type = "text/event-stream"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        state.chat_streams += 1
+        pause = state.settings.stream_chunk_ms / 1000
+        with contextlib.suppress(ConnectionResetError):  # The client went away: it is its loss.
+            for chunk in chunks:
+                if pause:
+                    await asyncio.sleep(pause)
+                await response.write(_event(chunk))
+            if cut:
+                transport = request.transport
+                if transport is not None:  # None: the client has gone already.
+                    transport.close()  # The chunked body never ends: the client sees it cut.
+                state.chat_streams_cut += 1
+            elif failing:
+                await response.write(_event(openai_error_body(500, _SERVER_ERROR)))
+                state.chat_streams_errored += 1
+            else:
+                await response.write(DONE_EVENT)
+                state.chat_streams_completed += 1
+        return response
 
     async def _fault(
         self, user: str, markers: dict[str, int | None], headers: dict[str, str] | None
     ) -> web.Response | None:
-        """Apply the fault markers of a chat request; ``None`` means answer normally."""
-        markers = self.state.active_markers("chat", user, markers)
+        """Apply the fault markers in force for a chat request; ``None`` means answer normally."""
         status = self.state.fault_status("chat", user, markers)
         if status is not None:
             extra = dict(headers or {})
@@ -553,6 +647,9 @@ class OpenAIApi:
             message, param, messages = _validate_chat(item.get("body"))
             if message:
                 problem(line_no, "invalid_request", message, param)
+                continue
+            if item["body"].get("stream"):
+                problem(line_no, "invalid_request", "A batch request cannot stream.", "stream")
                 continue
             batch.lines.append(item)
             outcome, expires = batch_line_markers(_scan(messages).user)

@@ -33,3 +33,6 @@ class SimulatorSettings(BaseModel):
     upload_latency_ms: float = Field(
         0, ge=0, description="How long a file upload (POST /v1/files) takes to answer."
     )
+    stream_chunk_ms: float = Field(
+        0, ge=0, description="Pause before each chunk of a streamed chat answer (generation time)."
+    )
