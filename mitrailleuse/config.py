@@ -11,6 +11,7 @@ every field is ``docs/configuration.md``; ``config.schema.json`` is :func:`json_
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -392,7 +393,7 @@ class TaskConfig(Section):
             try:
                 section = provider_class(name).config_model.model_validate(section)
             except ValidationError as error:
-                raise ConfigError(_error_line(error, f"config: {name}")) from None
+                raise ConfigError(error_line(error.errors(), f"config: {name}")) from None
             extra[name] = section
         return section
 
@@ -421,6 +422,8 @@ class Environment(BaseSettings):
     mitrailleuse_log_format: Literal["text", "json"] = "text"
     #: The module the Celery app takes its settings from (a deployment's own, or ours).
     mitrailleuse_celery_config: str = "mitrailleuse.celeryconfig"
+    #: The largest request body the HTTP API takes (a task's items and input files), in MB.
+    mitrailleuse_http_max_upload_mb: int = Field(default=100, ge=1)
     #: ``user:password[,user2:password2]`` for Flower.
     flower_basic_auth: str = ""
     #: DeepL's endpoint when the config has no ``base_url`` (the DeepL SDK's own variable name).
@@ -432,14 +435,28 @@ class Environment(BaseSettings):
         return value.strip() or None if value else None
 
 
-def _error_line(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+#: The most of a refused value an error line shows.
+_SHOWN_CHARS = 80
+
+
+def error_field(error: Mapping[str, Any]) -> str:
+    """The dotted field a pydantic error is about (``openai.retry.max_attempts``)."""
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def error_line(errors: Sequence[Mapping[str, Any]], source: str) -> str:
+    """Pydantic's errors as one line: the first one's field, message and value, and the count.
+
+    The one-line ConfigError of a bad config; the HTTP API says a malformed request this way.
+    """
+    first = errors[0]
     value = first.get("input")
     shown = repr(value) if isinstance(value, str | int | float | bool) or value is None else ""
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    if len(shown) > _SHOWN_CHARS:  # a whole request body, say: its start is enough
+        shown = shown[: _SHOWN_CHARS - 3] + "..."
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     said = first["msg"].removeprefix("Value error, ")  # a validator's own words
-    return f"{source}: {field}: {said}{': got ' + shown if shown else ''}{more}"
+    return f"{source}: {error_field(first)}: {said}{': got ' + shown if shown else ''}{more}"
 
 
 #: Seed settings accepted for compatibility that change nothing here, and why.
@@ -553,7 +570,7 @@ def parse_config(data: Any, source: str = "config", strict: bool = False) -> Tas
     try:
         config = TaskConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_error_line(error, source)) from None
+        raise ConfigError(error_line(error.errors(), source)) from None
     unknown = _unknown_keys(config)
     if unknown and (strict or config.general.strict):
         raise ConfigError(f"{source}: {'; '.join(unknown)}; strict mode refuses unknown keys")
@@ -584,7 +601,7 @@ def set_response_model(config: TaskConfig, provider: ProviderName, model: type[B
     try:
         information.response_schema = ResponseSchema.model_validate(schema)
     except ValidationError as error:
-        raise ConfigError(_error_line(error, f"response_model {model.__name__}")) from None
+        raise ConfigError(error_line(error.errors(), f"response_model {model.__name__}")) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Real processes for tests and benchmarks: a redis-server, Celery workers, the gRPC service.
+"""Real processes for tests and benchmarks: a redis-server, Celery workers, the services.
 
 Like ``celery.contrib.testing``, this ships with the package so that the test suite, the
 benchmarks and users' own tests start the same real things the same way.
@@ -147,17 +147,22 @@ class BeatProcess:
                 self.process.wait()
 
 
-class GrpcServiceProcess:
-    """``mitrailleuse serve grpc --port 0`` in a child process, on the port it found.
+class ServiceProcess:
+    """``mitrailleuse serve <kind> --port 0`` in a child process, on the port it found.
 
     ``target`` is its ``host:port``; its stderr is drained in a thread (a full pipe would stop
     it), the last lines kept in ``tail``.
     """
 
+    #: The ``serve`` command.
+    kind: str
+    #: The line the service prints once it serves, its ``host:port`` the first group.
+    ready: re.Pattern[str]
+
     def __init__(
         self, env: Mapping[str, str], cwd: Path | None = None, timeout_s: float = 60
     ) -> None:
-        command = [sys.executable, "-m", "mitrailleuse", "serve", "grpc", "--port", "0"]
+        command = [sys.executable, "-m", "mitrailleuse", "serve", self.kind, "--port", "0"]
         self.process = subprocess.Popen(
             command, env=dict(env), cwd=cwd, stderr=subprocess.PIPE, text=True
         )
@@ -167,13 +172,13 @@ class GrpcServiceProcess:
         while True:
             line = self.process.stderr.readline()
             self.tail.append(line)
-            if found := re.search(r"gRPC service on (\S+)", line):
+            if found := self.ready.search(line):
                 self.target = found.group(1)
                 break
             if not line or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the gRPC service did not start:\n" + "".join(self.tail))
-        threading.Thread(target=self._drain, name="grpc-stderr", daemon=True).start()
+                raise RuntimeError(f"serve {self.kind} did not start:\n" + "".join(self.tail))
+        threading.Thread(target=self._drain, name=f"{self.kind}-stderr", daemon=True).start()
 
     def _drain(self) -> None:
         assert self.process.stderr is not None
@@ -194,3 +199,22 @@ class GrpcServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class GrpcServiceProcess(ServiceProcess):
+    """``mitrailleuse serve grpc``: a channel goes to ``target``."""
+
+    kind = "grpc"
+    ready = re.compile(r"gRPC service on (\S+)")
+
+
+class HttpServiceProcess(ServiceProcess):
+    """``mitrailleuse serve http``: its API is at ``url``."""
+
+    kind = "http"
+    ready = re.compile(r"HTTP API on (\S+)")
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.target}"

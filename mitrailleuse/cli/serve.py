@@ -1,4 +1,4 @@
-"""``mitrailleuse serve grpc``: the Python API as a network service."""
+"""``mitrailleuse serve grpc|http``: the Python API as a network service."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from mitrailleuse.cli.common import app, err, fail
 
 serve_app = typer.Typer(help="Serve the Python API over the network.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
 @serve_app.command("grpc")
@@ -28,7 +32,7 @@ def grpc_service(
     ] = None,
 ) -> None:
     """mitrailleuse.v1.MitrailleuseService, with reflection and health, until Ctrl-C."""
-    if importlib.util.find_spec("grpc_reflection") is None:
+    if not _installed("grpc_reflection"):
         fail("the gRPC service needs its packages: pip install 'mitrailleuse[grpc]'")
     from mitrailleuse.services.grpc_server import serve
 
@@ -40,3 +44,24 @@ def grpc_service(
         err.print(f"gRPC service on {where} (Ctrl-C to stop)", highlight=False)
 
     serve(address, port, tls, on_ready=ready)
+
+
+@serve_app.command("http")
+def http_api(
+    address: Annotated[
+        str, typer.Option("--address", help="Where to listen (beyond loopback: tokens).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The port (0: any free one).")] = 8007,
+) -> None:
+    """The HTTP API under /v1 (OpenAPI docs at /docs), until Ctrl-C."""
+    # python-multipart is imported as python_multipart, or as multipart before 0.0.13
+    if not _installed("fastapi", "uvicorn") or not (
+        _installed("python_multipart") or _installed("multipart")
+    ):
+        fail("the HTTP API needs its packages: pip install 'mitrailleuse[http]'")
+    from mitrailleuse.services.http_server import serve
+
+    def ready(where: str) -> None:
+        err.print(f"HTTP API on {where} (Ctrl-C to stop)", highlight=False)
+
+    serve(address, port, on_ready=ready)

@@ -21,7 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.errors import ConfigError
 from mitrailleuse.services.grpc_service import MitrailleuseService
-from mitrailleuse.services.tokens import TOKENS_VARIABLE, is_loopback, tokens_from_env
+from mitrailleuse.services.tasks import redis_probe
+from mitrailleuse.services.tokens import (
+    check_tokens_beyond_loopback,
+    is_loopback,
+    tokens_from_env,
+)
 from mitrailleuse.v1 import mitrailleuse_pb2 as pb
 from mitrailleuse.v1 import mitrailleuse_pb2_grpc as pb_grpc
 
@@ -30,22 +35,15 @@ log = logging.getLogger(__name__)
 #: The service's full name, as reflection and health name it.
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MitrailleuseService"].full_name
 DEFAULT_PORT = 50051
-#: The shortest token a service beyond loopback accepts.
-MIN_TOKEN_CHARS = 16
 #: How often the health service asks Redis whether it answers.
 HEALTH_CHECK_S = 1.0
 
 
 def check_exposure(address: str, tls: tuple[Path, Path] | None, tokens: dict[str, str]) -> None:
     """Refuse to serve beyond loopback without TLS and tokens (a ConfigError says what)."""
-    if is_loopback(address):
-        return
-    if tls is None:
+    if tls is None and not is_loopback(address):
         raise ConfigError(f"serving on {address} needs TLS: give --tls-cert and --tls-key")
-    if not tokens:
-        raise ConfigError(f"serving on {address} needs {TOKENS_VARIABLE} (user:token pairs)")
-    if any(len(token) < MIN_TOKEN_CHARS for token in tokens):
-        raise ConfigError(f"serving on {address} needs tokens of {MIN_TOKEN_CHARS}+ characters")
+    check_tokens_beyond_loopback(address, tokens)
 
 
 def serve(
@@ -77,7 +75,7 @@ async def _serve(
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
     bound = _bind(server, address, port, tls)
-    probe = redis.Redis.from_url(client.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    probe = redis_probe(client.redis_url)
     await _check_redis(probe, health)  # a status from the first call on
     await server.start()
     watcher = asyncio.create_task(_watch_redis(probe, health))

@@ -16,6 +16,8 @@ from mitrailleuse.taskfolder import check_name
 
 #: The variable holding ``user:token`` pairs, comma-separated.
 TOKENS_VARIABLE = "MITRAILLEUSE_API_TOKENS"
+#: The shortest token a service beyond loopback accepts.
+MIN_TOKEN_CHARS = 16
 
 
 class Unauthenticated(MitrailleuseError):
@@ -52,6 +54,16 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_tokens_beyond_loopback(address: str, tokens: Mapping[str, str]) -> None:
+    """Refuse to serve beyond loopback without tokens, or with short ones (a ConfigError)."""
+    if is_loopback(address):
+        return
+    if not tokens:
+        raise ConfigError(f"serving on {address} needs {TOKENS_VARIABLE} (user:token pairs)")
+    if any(len(token) < MIN_TOKEN_CHARS for token in tokens):
+        raise ConfigError(f"serving on {address} needs tokens of {MIN_TOKEN_CHARS}+ characters")
 
 
 class Caller:

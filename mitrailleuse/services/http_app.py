@@ -1,0 +1,549 @@
+"""The HTTP API: the Python API over HTTP and JSON (FastAPI), with no logic of its own.
+
+Under ``/v1``: tasks (created from JSON or from a multipart upload of input files, executed,
+followed, listed, cancelled), a finished run's records as NDJSON, and a run's progress as
+Server-Sent Events from the :class:`~mitrailleuse.services.progress.ProgressHub` the gRPC
+service uses too (resumable with ``Last-Event-ID``). Every call goes through
+:mod:`mitrailleuse.services.tasks`, as gRPC's do: the same checks, the same user scoping
+(bearer tokens, :mod:`mitrailleuse.services.tokens`), the same one-line errors, here as RFC 9457
+problem documents. ``/health``, ``/health/full`` and ``/stats`` say how the process and the
+fleet are; the OpenAPI docs are at ``/docs``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations, some of
+# them local to create_app, when it declares the routes.
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_args
+from urllib.parse import quote
+
+import orjson
+import redis
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kombu.exceptions import OperationalError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mitrailleuse.api import Mitrailleuse
+from mitrailleuse.config import Environment, error_field, error_line, parse_config
+from mitrailleuse.credentials import key_variables_set
+from mitrailleuse.errors import (
+    BrokerError,
+    ConfigError,
+    InputError,
+    MitrailleuseError,
+    TaskNameError,
+    TaskNotFound,
+)
+from mitrailleuse.pipeline import liveness
+from mitrailleuse.pipeline.queues import all_queues, queue_depths
+from mitrailleuse.providers import available_providers
+from mitrailleuse.ratelimit import task_limiter
+from mitrailleuse.services.progress import ProgressEvent, ProgressHub, RateView
+from mitrailleuse.services.tasks import (
+    TaskNotFinished,
+    TaskPage,
+    Tasks,
+    TaskView,
+    Unavailable,
+    drain_in_thread,
+    first_match,
+    in_thread,
+    json_from_text,
+    one_line,
+    redis_probe,
+)
+from mitrailleuse.services.tokens import Caller, Forbidden, Unauthenticated
+from mitrailleuse.taskfolder import FINAL_STATES, TaskFolder, TaskState, check_name, iter_tasks
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
+#: How long a progress stream may stay silent before it says it is alive (proxies cut idle ones).
+HEARTBEAT_S = 15.0
+#: The fields of a task's form that hold JSON text.
+JSON_FIELDS = ("config", "items")
+#: The states of a run under way.
+ACTIVE_STATES = frozenset(get_args(TaskState)) - FINAL_STATES - {"created"}
+
+
+class UploadTooLarge(MitrailleuseError):
+    """A request body over ``MITRAILLEUSE_HTTP_MAX_UPLOAD_MB``."""
+
+
+class UnsupportedMediaType(MitrailleuseError):
+    """A task sent as neither JSON nor a multipart form."""
+
+
+#: The HTTP status of each error the Python API (or this API) raises: gRPC's codes, in HTTP.
+STATUS_OF: dict[type[BaseException], HTTPStatus] = {
+    Unauthenticated: HTTPStatus.UNAUTHORIZED,
+    Forbidden: HTTPStatus.FORBIDDEN,
+    TaskNotFound: HTTPStatus.NOT_FOUND,
+    ConfigError: HTTPStatus.BAD_REQUEST,
+    InputError: HTTPStatus.BAD_REQUEST,
+    TaskNameError: HTTPStatus.BAD_REQUEST,
+    UploadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    UnsupportedMediaType: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    BrokerError: HTTPStatus.SERVICE_UNAVAILABLE,
+    redis.ConnectionError: HTTPStatus.SERVICE_UNAVAILABLE,
+    redis.TimeoutError: HTTPStatus.SERVICE_UNAVAILABLE,
+    OperationalError: HTTPStatus.SERVICE_UNAVAILABLE,
+    Unavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    FileNotFoundError: HTTPStatus.NOT_FOUND,
+    TaskNotFinished: HTTPStatus.CONFLICT,
+    # any other of the Python API's one-line errors (a provider's refusal, ...): said as is
+    MitrailleuseError: HTTPStatus.CONFLICT,
+}
+
+
+class TaskRequest(BaseModel):
+    """A task to create: a JSON body, or the same fields in a multipart form beside files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field("", description="Who it belongs to (with tokens: the token's user).")
+    api: str = Field(description="The provider: openai, deepseek, deepl, anthropic, gemini, ...")
+    task_name: str = Field(description="A name for the task.")
+    config: dict[str, Any] | None = Field(
+        None, description="config.json's content (none: the defaults)."
+    )
+    items: list[dict[str, Any]] = Field(
+        default_factory=list, description="The input items, an object each."
+    )
+
+
+def _create_body_doc() -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /v1/tasks``: JSON, or a form with input files."""
+    schema = TaskRequest.model_json_schema()
+    form = {
+        **schema,
+        "properties": {
+            **schema["properties"],
+            "config": {"type": "string", "description": "config.json's content, as JSON text."},
+            "items": {
+                "type": "string",
+                "description": "A JSON array of objects, up to 1 MB (more: as files).",
+            },
+            "files": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "Input files (.json, .jsonl), named as the task should keep them.",
+            },
+        },
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                "multipart/form-data": {"schema": form},
+            },
+        }
+    }
+
+
+def problem(
+    status: int, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """An RFC 9457 problem document (``extra``: its extension members, such as ``field``)."""
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": int(status),
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
+
+
+def _said(error: BaseException) -> tuple[HTTPStatus, str]:
+    """An error's status and its one line (an unexpected one: 500, and only its kind)."""
+    status = first_match(STATUS_OF, error)
+    if status is None:
+        return HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(error).__name__}"
+    return status, one_line(error) or status.phrase.lower()
+
+
+async def _error_problem(request: Request, error: Exception) -> JSONResponse:
+    """An error as a problem, never a traceback (uvicorn logs an unexpected one's)."""
+    status, detail = _said(error)
+    headers = {"WWW-Authenticate": "Bearer"} if status is HTTPStatus.UNAUTHORIZED else None
+    return problem(status, detail, headers)
+
+
+async def _invalid_problem(request: Request, error: RequestValidationError) -> JSONResponse:
+    """A malformed request as one problem: its first error, the field named (422)."""
+    first, *more = error.errors()
+    where, *loc = first["loc"] or ("request",)
+    first = {**first, "loc": tuple(loc)}
+    return problem(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        error_line([first, *more], str(where)),
+        field=error_field(first),
+    )
+
+
+async def _http_problem(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, a method it does not take) as problems."""
+    return problem(error.status_code, str(error.detail), error.headers)
+
+
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` (413): by its Content-Length, or as it comes."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> UploadTooLarge:
+        return UploadTooLarge(
+            f"the request body is over {self.max_bytes >> 20} MB "
+            "(MITRAILLEUSE_HTTP_MAX_UPLOAD_MB on the server)"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, its body counted (refused at once when it says it is over)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            refused = problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, one_line(self._too_large()))
+            await refused(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # raised in the handler reading it: a 413 problem
+                raise self._too_large()
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
+    """The HTTP API over ``client``: anyone may call without ``tokens``, else bearers only."""
+    max_bytes = Environment().mitrailleuse_http_max_upload_mb << 20
+    tasks = Tasks(client)
+    hub = ProgressHub()
+    probe = redis_probe(client.redis_url)
+    bearer = HTTPBearer(auto_error=False, description="A token of MITRAILLEUSE_API_TOKENS.")
+
+    async def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Caller:
+        """Who calls: the token's user (401 without a known token), or anyone without tokens."""
+        given = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+        return Caller(tokens, given)
+
+    Who = Annotated[Caller, Depends(caller)]
+
+    def task_at(who: Caller, user_id: str, folder: str) -> TaskFolder:
+        """The task ``<user_id>/<folder>``, if the caller may see it (else 404, as for none)."""
+        try:
+            return tasks.folder(who, client.tasks_dir / user_id / folder)
+        except TaskNotFound:
+            raise TaskNotFound(f"no task {user_id}/{folder}") from None
+
+    api = APIRouter(prefix="/v1", tags=["tasks"])
+
+    @api.post(
+        "/tasks",
+        status_code=HTTPStatus.CREATED,
+        openapi_extra=_create_body_doc(),
+        responses={413: {"description": "The body is over MITRAILLEUSE_HTTP_MAX_UPLOAD_MB."}},
+    )
+    async def create_task(request: Request, response: Response, who: Who) -> TaskView:
+        """A task folder: the config validated, literal keys scrubbed, items and files copied."""
+        with tempfile.TemporaryDirectory(prefix="mitrailleuse-upload-") as upload_dir:
+            fields, files = await _task_request(request, Path(upload_dir))
+
+            def create() -> TaskView:
+                user_id = who.user_for(fields.user_id)
+                config = None if fields.config is None else parse_config(fields.config, "config")
+                inputs = [*files, *fields.items]
+                folder = tasks.create(user_id, fields.api, fields.task_name, config, inputs)
+                return TaskView.of(folder)
+
+            try:
+                view = await in_thread(create)
+            except InputError as error:  # the files named as the client named them
+                raise InputError(str(error).replace(upload_dir + os.sep, "")) from None
+        response.headers["Location"] = f"/v1/tasks/{quote(view.id)}"
+        return view
+
+    @api.get("/tasks")
+    async def list_tasks(
+        who: Who,
+        user_id: Annotated[str, Query(description="Empty: the token's user (or everyone).")] = "",
+        state: Annotated[str, Query(description="Only tasks in this state.")] = "",
+        page_size: Annotated[int, Query(description="0: 100; at most 500.")] = 0,
+        page_token: Annotated[str, Query(description="A response's next_page_token.")] = "",
+    ) -> TaskPage:
+        """The caller's tasks (oldest first), by state, a page at a time."""
+        return await in_thread(lambda: tasks.page(who, user_id, state, page_size, page_token))
+
+    @api.get("/tasks/{user_id}/{folder}")
+    async def get_task(user_id: str, folder: str, who: Who) -> TaskView:
+        """The task's state and counts, live while it runs."""
+        return await in_thread(lambda: tasks.status(task_at(who, user_id, folder)))
+
+    @api.post(
+        "/tasks/{user_id}/{folder}/execute",
+        status_code=HTTPStatus.ACCEPTED,
+        responses={503: {"description": "No worker serves the task's queues (they are named)."}},
+    )
+    async def execute_task(user_id: str, folder: str, who: Who) -> TaskView:
+        """Submit the task to the fleet (503 when no worker serves its queues)."""
+
+        def execute() -> TaskView:
+            found = task_at(who, user_id, folder)
+            tasks.execute(found)
+            return TaskView.of(found)
+
+        return await in_thread(execute)
+
+    @api.post("/tasks/{user_id}/{folder}/cancel", status_code=HTTPStatus.ACCEPTED)
+    async def cancel_task(user_id: str, folder: str, who: Who) -> TaskView:
+        """Stop dispatching: in-flight items finish, the run ends cancelled."""
+        return await in_thread(lambda: tasks.cancel(task_at(who, user_id, folder)))
+
+    @api.get(
+        "/tasks/{user_id}/{folder}/results",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {NDJSON: {}}, "description": "A record per line, in input order."},
+            409: {"description": "The run has not finished."},
+        },
+    )
+    async def task_results(
+        user_id: str,
+        folder: str,
+        who: Who,
+        start: Annotated[int, Query(ge=0, description="The first record's index.")] = 0,
+    ) -> StreamingResponse:
+        """The finished run's records (``outputs/results.jsonl``), from index ``start`` on."""
+        records = await in_thread(lambda: tasks.results(task_at(who, user_id, folder), start))
+        lines = (orjson.dumps(record) + b"\n" async for _, record in drain_in_thread(records))
+        return StreamingResponse(lines, media_type=NDJSON)
+
+    @api.get(
+        "/tasks/{user_id}/{folder}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {EVENT_STREAM: {}}, "description": "Progress events."}},
+    )
+    async def task_events(
+        user_id: str,
+        folder: str,
+        who: Who,
+        last_event_id: Annotated[
+            int | None, Header(description="Resume after this event (the last one received).")
+        ] = None,
+        after: Annotated[
+            int | None, Query(alias="last_event_id", description="Last-Event-ID, as a parameter.")
+        ] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events of the run's progress, on every change, the final one last.
+
+        Each event's ``id`` is the time in ms (or one more): a client that reconnects with the
+        last it got (``Last-Event-ID``) resumes after it, here or on another server.
+        """
+        found = await in_thread(lambda: task_at(who, user_id, folder))
+        events = hub.watch(client.get_run(found), last_event_id or after or 0)
+        return StreamingResponse(
+            _event_stream(events),
+            media_type=EVENT_STREAM,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    fleet = APIRouter(tags=["health"])
+
+    @fleet.get("/health")
+    async def health() -> dict[str, str]:
+        """The process answers (no token needed: a liveness probe)."""
+        return {"status": "ok"}
+
+    @fleet.get(
+        "/health/full",
+        dependencies=[Depends(caller)],
+        responses={503: {"description": "Redis does not answer."}},
+    )
+    async def health_full() -> JSONResponse:
+        """Redis, the live workers of each queue, and which providers' keys this process has."""
+        report = await in_thread(lambda: _fleet_health(probe))
+        status = HTTPStatus.OK if report["redis"] else HTTPStatus.SERVICE_UNAVAILABLE
+        return JSONResponse(report, status)
+
+    @fleet.get("/stats")
+    async def stats(who: Who) -> dict[str, Any]:
+        """Messages waiting per queue, runs under way, and their rates against the limits."""
+        return await in_thread(lambda: _stats(probe, client.tasks_dir, who))
+
+    app = FastAPI(
+        title="Mitrailleuse",
+        summary="Push very large numbers of requests through AI provider APIs, losing none.",
+        version="1",
+    )
+    app.include_router(api)
+    app.include_router(fleet)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    for kind in STATUS_OF:
+        app.add_exception_handler(kind, _error_problem)
+    app.add_exception_handler(Exception, _error_problem)
+    app.add_exception_handler(RequestValidationError, _invalid_problem)
+    app.add_exception_handler(HTTPException, _http_problem)
+    return app
+
+
+async def _task_request(request: Request, upload_dir: Path) -> tuple[TaskRequest, list[Path]]:
+    """The task a request describes, and its input files (saved under ``upload_dir``)."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind == "application/json":
+        return _validated(TaskRequest.model_validate_json, await request.body()), []
+    if kind != "multipart/form-data":
+        raise UnsupportedMediaType("send the task as application/json or multipart/form-data")
+    # starlette's limits: 1000 files and fields, a field (config, items) up to 1 MB
+    async with request.form() as form:
+        fields: dict[str, Any] = {}
+        uploads: list[UploadFile] = []
+        for name, value in form.multi_items():
+            if not isinstance(value, str):
+                uploads.append(value)
+            elif name not in JSON_FIELDS:
+                fields[name] = value
+            elif value.strip():  # empty: not given
+                fields[name] = json_from_text(value, name)
+        task = _validated(TaskRequest.model_validate, fields)
+        return task, await in_thread(lambda: _saved(uploads, upload_dir))
+
+
+def _validated(parse: Callable[[Any], T], data: Any) -> T:
+    """``parse(data)``, its refusal as FastAPI's own (a 422 naming the field)."""
+    try:
+        return parse(data)
+    except ValidationError as error:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def _saved(uploads: list[UploadFile], into: Path) -> list[Path]:
+    """The uploaded input files, written under the names the client gave them."""
+    paths = []
+    for upload in uploads:
+        name = check_name(Path(upload.filename or "").name, "an input file's name")
+        target = into / name
+        if target.exists():
+            raise InputError(f"{name}: two input files share the name")
+        with target.open("xb") as out:
+            shutil.copyfileobj(upload.file, out)
+        paths.append(target)
+    return paths
+
+
+async def _event_stream(events: AsyncGenerator[ProgressEvent, None]) -> AsyncIterator[bytes]:
+    """Progress events as Server-Sent Events, and a comment while idle.
+
+    The stream ends after the final event, or with an ``error`` event when the progress can
+    no longer be read (Redis gone): the status line was sent long before.
+    """
+    async with contextlib.aclosing(_with_heartbeats(events, HEARTBEAT_S)) as beats:
+        try:
+            async for event in beats:
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                data = orjson.dumps(dataclasses.asdict(event))
+                yield b"id: %d\nevent: progress\ndata: %s\n\n" % (event.event_id, data)
+        except Exception as error:  # the status line is sent: say it in the stream
+            status, detail = _said(error)
+            if status is HTTPStatus.INTERNAL_SERVER_ERROR:
+                log.exception("a progress stream failed unexpectedly", exc_info=error)
+            document = {"status": status.value, "detail": detail}
+            yield b"event: error\ndata: %s\n\n" % orjson.dumps(document)
+
+
+async def _with_heartbeats(
+    events: AsyncGenerator[T, None], every_s: float
+) -> AsyncIterator[T | None]:
+    """``events``, and None whenever ``every_s`` pass without one; closing it closes them."""
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                event = finished.result()
+            except StopAsyncIteration:
+                return
+            yield event
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await events.aclose()
+
+
+def _fleet_health(probe: redis.Redis) -> dict[str, Any]:
+    """Whether Redis answers, each queue's live workers, each provider's key in this process.
+
+    A key is said set or not, never shown. Workers read their own keys; this process's say
+    what a fleet started from the same environment (``mitrailleuse run``, compose) would have.
+    """
+    keys = {name: bool(key_variables_set([name])) for name in available_providers()}
+    try:
+        serving = liveness.serving(probe, all_queues())
+    except redis.RedisError as error:
+        detail = one_line(error)
+        return {"status": "unavailable", "redis": False, "detail": detail, "key_set": keys}
+    return {
+        "status": "ok",
+        "redis": True,
+        "workers": {queue: len(found) for queue, found in serving.items()},
+        "unserved": sorted(queue for queue, found in serving.items() if not found),
+        "key_set": keys,
+    }
+
+
+def _stats(probe: redis.Redis, tasks_dir: Path, who: Caller) -> dict[str, Any]:
+    """The fleet's queues, and the caller's runs under way with their providers' rates."""
+    depths = queue_depths(probe)
+    active = [
+        folder
+        for folder in iter_tasks(tasks_dir, who.user_id or "all")
+        if folder.status().state in ACTIVE_STATES
+    ]
+    limiters = {}
+    for folder in active:
+        limiter = task_limiter(probe, folder)
+        limiters.setdefault(limiter.scope, limiter)
+    rates = {scope: RateView.of(limiter.rates()) for scope, limiter in limiters.items()}
+    return {
+        "queues": depths,
+        "runs_active": len(active),
+        "rates": {scope: dataclasses.asdict(view) for scope, view in rates.items()},
+    }
