@@ -37,7 +37,7 @@ from mitrailleuse.config import (
 )
 from mitrailleuse.credentials import scrub_config
 from mitrailleuse.modes import resolve_mode
-from mitrailleuse.pipeline import liveness, submitter
+from mitrailleuse.pipeline import chat_stream, liveness, submitter
 from mitrailleuse.pipeline.chunks import part_files, part_path
 from mitrailleuse.pipeline.queues import CONTROL_QUEUE
 from mitrailleuse.pipeline.run_state import RunState, redis_client
@@ -389,6 +389,20 @@ class Mitrailleuse:
         """The live workers of each queue a run of ``task`` needs (each: its key variables)."""
         folder = task if isinstance(task, TaskFolder) else self.task(task)
         return workers_for(folder, self.redis)
+
+    def start_chat(self, user_id: str, provider: str, request: dict[str, Any]) -> str:
+        """Open a streamed chat session and have a worker answer it; return the session's id.
+
+        ``request``: ``model`` (None: the provider's default), ``messages``, ``settings`` (sent
+        as they are) and ``include_usage``. Read it with :func:`~mitrailleuse.pipeline.
+        chat_stream.relay`.
+        """
+        from mitrailleuse.pipeline.tasks import send_chat
+
+        self._app_ready()
+        session_id = chat_stream.open_session(self.redis, user_id, provider, request)
+        send_chat(session_id, provider)
+        return session_id
 
     def get_run(self, task: TaskFolder | str | Path) -> Run:
         """Re-attach to a task's run, from any process."""

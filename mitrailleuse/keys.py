@@ -153,3 +153,13 @@ def serving(queue: str) -> str:
     alive key exists.
     """
     return f"{PREFIX}:serving:{queue}"
+
+
+def chat_session(session_id: str) -> str:
+    """Hash: a streamed chat session's user, provider, request, state, usage and cost."""
+    return f"{PREFIX}:chat:{session_id}"
+
+
+def chat_stream(session_id: str) -> str:
+    """Stream: a chat session's chunks as the provider sent them, then its end or its error."""
+    return f"{PREFIX}:chat:{session_id}:stream"

@@ -388,7 +388,7 @@ def _call(
         request_hashes = [hashes[o] for o in ordinals] if hashes else None
         claims = run.claims(chunk, ordinals, holder, request_hashes)
         tokens = provider.estimate_tokens(payloads)
-        turn = _acquire(context.limiter, tokens, section.timeout_s, claims, patience_s)
+        turn = acquire_within(context.limiter, tokens, section.timeout_s, claims, patience_s)
         if isinstance(turn, Held):
             waiting = _waiting(pending, turn.items)
             if not waiting:
@@ -590,8 +590,12 @@ def _cached_record(provider: Provider, item: dict[str, Any], answer: Answer) -> 
     )
 
 
-def _acquire(
-    limiter: RedisLimiter, tokens: int, timeout_s: float, claims: Claims, patience_s: float
+def acquire_within(
+    limiter: RedisLimiter,
+    tokens: int,
+    timeout_s: float,
+    claims: Claims | None,
+    patience_s: float,
 ) -> Grant | Held | float:
     """A grant, waiting in place ``patience_s`` at most; else the longer wait still needed."""
     deadline = time.monotonic() + patience_s

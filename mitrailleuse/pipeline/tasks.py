@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from mitrailleuse.batch.create import upload_and_create
 from mitrailleuse.batch.poll import cancel_all, poll_all
 from mitrailleuse.errors import MitrailleuseError
-from mitrailleuse.pipeline import assembler, feeder
+from mitrailleuse.pipeline import assembler, chat_stream, feeder
 from mitrailleuse.pipeline.app import app
 from mitrailleuse.pipeline.caller import call_message, context_for
 from mitrailleuse.pipeline.chunks import Chunk
@@ -61,6 +61,28 @@ def call(self: Task, run_id: str, chunk: int, items: list[dict[str, Any]]) -> in
                 kwargsrepr=self.request.kwargsrepr,
             )
     return outcome.stored
+
+
+@app.task(name="mitrailleuse.chat_stream", bind=True, max_retries=None, ignore_result=True)
+def stream_chat(self: Task, session_id: str, attempt: int = 1) -> None:
+    """Stream a chat session's answer into Redis; call again later when it says so."""
+    again = chat_stream.stream_session(redis_client(app.conf.broker_url), session_id, attempt)
+    if again is not None:
+        visibility_timeout_s = app.conf.broker_transport_options["visibility_timeout"]
+        with kept_if_unpublished():
+            raise self.retry(
+                args=(session_id, again.attempt),
+                countdown=countdown_s(again.wait_s, visibility_timeout_s),
+                argsrepr=self.request.argsrepr,
+                kwargsrepr=self.request.kwargsrepr,
+            )
+
+
+def send_chat(session_id: str, provider: str) -> None:
+    """Have a worker of the provider's queue stream the session (monitoring shows its id only)."""
+    stream_chat.apply_async(
+        (session_id,), queue=provider, argsrepr=f"chat={session_id}", kwargsrepr="{}"
+    )
 
 
 @app.task(name="mitrailleuse.feed", ignore_result=True)

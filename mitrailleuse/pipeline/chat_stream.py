@@ -1,0 +1,257 @@
+"""Chat sessions streamed through the fleet: a worker relays a provider's chunks into Redis.
+
+The HTTP API opens a session (:func:`open_session`: a hash holding its user and request, both
+expiring after :data:`SESSION_TTL_S`) and sends the ``mitrailleuse.chat_stream`` task with the
+session id only. The worker (:func:`stream_session`) takes the fleet's rate grant, calls the
+provider with ``stream=True`` through its SDK, and appends each chunk, as the provider's JSON,
+to the session's Redis Stream, then ``done`` or ``error``. Readers (:func:`relay`) follow that
+stream from any server, from the start or after an entry id, so a reconnect loses nothing and
+never starts the generation again.
+
+A failure before the first chunk is appended is retried like a pipeline call (the retry
+policy, ``Retry-After`` obeyed) and nobody sees it; a failure after it ends the session with a
+``stream_cut`` error: a half answer is never passed off as a whole one.
+
+Cost: the session hash records ``usage`` and ``cost_usd``; with ``include_usage`` the usage
+chunk carries ``cost_usd`` too (an extra member, which OpenAI's SDK keeps and ignores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+import redis
+import redis.asyncio
+
+from mitrailleuse import keys
+from mitrailleuse.config import RateLimit, RetryPolicy
+from mitrailleuse.cost.pricing import cost_usd, price_of
+from mitrailleuse.credentials import resolve_api_key
+from mitrailleuse.pipeline.caller import MOMENT_S, acquire_within
+from mitrailleuse.pipeline.retries import Verdict, after_error
+from mitrailleuse.providers import ErrorKind, ProviderError, provider_class
+from mitrailleuse.providers.openai import OpenAIProvider
+from mitrailleuse.ratelimit import Grant, Limits, RedisLimiter
+
+log = logging.getLogger(__name__)
+
+#: The providers a session can stream from (OpenAI's chunk shape, through OpenAI's SDK).
+STREAMING_PROVIDERS = ("openai", "deepseek")
+#: How long a session (its request, its chunks) stays readable after it was opened or last grew.
+SESSION_TTL_S = 3600
+#: The most entries a session's stream keeps (approximately: ``MAXLEN ~``).
+MAX_ENTRIES = 10_000
+#: What ends a session that completed, as its last entry and as its last SSE data.
+DONE = "[DONE]"
+#: The retry policy of a session's call (the pipeline's defaults).
+RETRY_POLICY = RetryPolicy()
+
+
+class Again(NamedTuple):
+    """Call again after ``wait_s``, as attempt ``attempt`` (a rate wait uses none)."""
+
+    wait_s: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a session's stream: a chunk, the end (``done``) or an ``error``."""
+
+    entry_id: str
+    kind: str
+    data: bytes
+
+
+def open_session(
+    client: redis.Redis, user_id: str, provider: str, request: dict[str, Any]
+) -> str:
+    """A new session holding ``request`` (model, messages, settings, include_usage): its id."""
+    session_id = uuid.uuid4().hex
+    key = keys.chat_session(session_id)
+    pipe = client.pipeline()
+    pipe.hset(
+        key,
+        mapping={"user": user_id, "provider": provider, "request": orjson.dumps(request)},
+    )
+    pipe.expire(key, SESSION_TTL_S)
+    pipe.execute()
+    return session_id
+
+
+def session_user(client: redis.Redis, session_id: str) -> str | None:
+    """The session's user ("" for anyone's), or None when there is no such session."""
+    user = client.hget(keys.chat_session(session_id), "user")
+    return None if user is None else user.decode()
+
+
+async def relay(
+    client: redis.asyncio.Redis, session_id: str, after: str, block_s: float
+) -> AsyncIterator[Entry | None]:
+    """The session's entries after entry id ``after``, up to its end; None after each idle wait."""
+    key = keys.chat_stream(session_id)
+    last = after
+    while True:
+        reply = await client.xread({key: last}, count=100, block=int(block_s * 1000))
+        if not reply:
+            if not await client.exists(keys.chat_session(session_id)):
+                return  # expired meanwhile: nothing more will come
+            yield None
+            continue
+        for entry_id, fields in reply[0][1]:
+            last = entry_id.decode()
+            entry = Entry(last, fields[b"kind"].decode(), fields[b"data"])
+            yield entry
+            if entry.kind != "chunk":
+                return
+
+
+def _append(client: redis.Redis, session_id: str, kind: str, data: bytes, **record: Any) -> None:
+    """Add an entry to the session's stream (``record``: hash fields set with it), TTLs renewed."""
+    pipe = client.pipeline()
+    stream = keys.chat_stream(session_id)
+    pipe.xadd(stream, {"kind": kind, "data": data}, maxlen=MAX_ENTRIES, approximate=True)
+    pipe.expire(stream, SESSION_TTL_S)
+    if record:
+        pipe.hset(keys.chat_session(session_id), mapping=record)
+    pipe.expire(keys.chat_session(session_id), SESSION_TTL_S)
+    pipe.execute()
+
+
+def _error(client: redis.Redis, session_id: str, kind: str, message: str) -> None:
+    """End the session with an error entry (``{"error": {"type", "message"}}``)."""
+    body = orjson.dumps({"error": {"type": kind, "message": message}})
+    _append(client, session_id, "error", body, state="error")
+
+
+_providers: dict[str, OpenAIProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def _provider(name: str) -> OpenAIProvider:
+    """The provider's SDK client for sessions, one per process (its key: this worker's)."""
+    with _providers_lock:
+        if name not in _providers:
+            cls = provider_class(name)
+            section = cls.config_model()
+            _providers[name] = cls(section, resolve_api_key(name, section.api_key))
+        return _providers[name]
+
+
+def stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again | None:
+    """Stream the session's answer into Redis: None when it is over, else when to try again."""
+    found = client.hmget(keys.chat_session(session_id), ["provider", "request"])
+    if found[0] is None:
+        log.warning("chat session %s expired before it was streamed", session_id)
+        return None
+    if client.xlen(keys.chat_stream(session_id)):  # a redelivered task: its stream was cut
+        last = client.xrevrange(keys.chat_stream(session_id), count=1)[0][1]
+        if last[b"kind"] == b"chunk":
+            _error(client, session_id, "stream_cut", "the worker streaming the answer stopped")
+        return None
+    name, request = found[0].decode(), orjson.loads(found[1])
+    provider = _provider(name)
+    model = request.get("model") or provider.model
+    timeout_s = provider.config.timeout_s
+    limiter = RedisLimiter(client, name, model, Limits.resolve(name, RateLimit()))
+    tokens = provider.estimate_tokens([{"messages": request["messages"]}])
+    turn = acquire_within(limiter, tokens, timeout_s, None, MOMENT_S)
+    if not isinstance(turn, Grant):
+        return Again(float(turn), attempt)  # the rate budget is spent: no attempt used
+    time.sleep(turn.delay_s)
+    with limiter.leased(turn) as lease:
+        try:
+            provider.require_key()
+            raw = provider.client.chat.completions.with_raw_response.create(
+                model=model,
+                messages=request["messages"],
+                stream=True,
+                stream_options={"include_usage": True},  # for the cost, shown or not
+                extra_body=request.get("settings") or None,
+                timeout=timeout_s,
+            )
+        except provider.sdk_error as error:
+            return _failed(client, session_id, limiter, provider.classify(error), attempt)
+        except ProviderError as error:
+            return _failed(client, session_id, limiter, error, attempt)
+        limiter.observe(provider.rate_limits(raw.headers))
+        with raw.parse() as chunks:
+            usage = _relay_chunks(client, session_id, chunks, name, model, request)
+        if isinstance(usage, ProviderError):
+            return _failed(client, session_id, limiter, usage, attempt)
+        lease.tokens = usage.get("total_tokens") if usage else None
+    return None
+
+
+def _relay_chunks(
+    client: redis.Redis,
+    session_id: str,
+    chunks: Iterator[Any],
+    provider: str,
+    model: str,
+    request: dict[str, Any],
+) -> dict[str, Any] | ProviderError | None:
+    """Append the chunks, then ``done``: the usage (None: not given), or an error to retry.
+
+    An error is for retrying only while nothing was appended; after, the session ends cut.
+    """
+    appended = False
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    try:
+        for chunk in chunks:
+            body = chunk.to_dict()
+            if body.get("usage"):
+                usage = body["usage"]
+                cost = cost_usd(price_of(provider, model), usage)
+                body["cost_usd"] = cost
+            if not request.get("include_usage"):
+                body.pop("usage", None)
+                if not body["choices"]:
+                    continue  # the usage chunk the client did not ask for
+            _append(client, session_id, "chunk", orjson.dumps(body))
+            appended = True
+    except Exception as error:  # a cut connection, an error event, an SDK surprise
+        if not appended:
+            return ProviderError(ErrorKind.RETRY, "stream_cut", _line(error))
+        _error(client, session_id, "stream_cut", f"the stream was cut: {_line(error)}")
+        return None
+    record = {"state": "done", "usage": orjson.dumps(usage), "cost_usd": orjson.dumps(cost)}
+    _append(client, session_id, "done", DONE.encode(), **record)
+    return usage
+
+
+def _failed(
+    client: redis.Redis,
+    session_id: str,
+    limiter: RedisLimiter,
+    error: ProviderError,
+    attempt: int,
+) -> Again | None:
+    """A call that failed before any chunk: when to make the next attempt, or the end."""
+    if error.kind is ErrorKind.RATE_LIMITED:
+        limiter.pause(error.retry_after_s or RETRY_POLICY.initial_backoff_s)
+    decision = after_error(error, attempt, RETRY_POLICY)
+    if decision.verdict is Verdict.RETRY:
+        log.info(
+            "chat session %s: attempt %d failed (%s), again in %.1fs",
+            session_id,
+            attempt,
+            error.type,
+            decision.wait_s,
+        )
+        return Again(decision.wait_s, attempt + 1)
+    _error(client, session_id, error.type, error.message)
+    return None
+
+
+def _line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
