@@ -50,6 +50,8 @@ SESSION_TTL_S = 3600
 MAX_ENTRIES = 10_000
 #: What ends a session that completed, as its last entry and as its last SSE data.
 DONE = "[DONE]"
+#: The error a reader gets when the session expires while it waits.
+EXPIRED = orjson.dumps({"error": {"type": "expired", "message": "the chat session expired"}})
 #: The retry policy of a session's call (the pipeline's defaults).
 RETRY_POLICY = RetryPolicy()
 
@@ -70,9 +72,7 @@ class Entry:
     data: bytes
 
 
-def open_session(
-    client: redis.Redis, user_id: str, provider: str, request: dict[str, Any]
-) -> str:
+def open_session(client: redis.Redis, user_id: str, provider: str, request: dict[str, Any]) -> str:
     """A new session holding ``request`` (model, messages, settings, include_usage): its id."""
     session_id = uuid.uuid4().hex
     key = keys.chat_session(session_id)
@@ -102,7 +102,8 @@ async def relay(
         reply = await client.xread({key: last}, count=100, block=int(block_s * 1000))
         if not reply:
             if not await client.exists(keys.chat_session(session_id)):
-                return  # expired meanwhile: nothing more will come
+                yield Entry(last, "error", EXPIRED)  # nothing more will come
+                return
             yield None
             continue
         for entry_id, fields in reply[0][1]:

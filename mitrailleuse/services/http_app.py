@@ -17,16 +17,18 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
 import orjson
 import redis
+import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -48,7 +50,8 @@ from mitrailleuse.errors import (
     TaskNameError,
     TaskNotFound,
 )
-from mitrailleuse.pipeline import liveness
+from mitrailleuse.pipeline import chat_stream, liveness
+from mitrailleuse.pipeline.chat_stream import Entry
 from mitrailleuse.pipeline.queues import all_queues, queue_depths
 from mitrailleuse.providers import available_providers
 from mitrailleuse.ratelimit import task_limiter
@@ -91,11 +94,21 @@ class UnsupportedMediaType(MitrailleuseError):
     """A task sent as neither JSON nor a multipart form."""
 
 
+class SessionNotFound(MitrailleuseError):
+    """No chat session by that id: never opened, expired, or another user's."""
+
+
+class ChatFailed(MitrailleuseError):
+    """The provider's answer to a chat session failed (or was cut) on the worker."""
+
+
 #: The HTTP status of each error the Python API (or this API) raises: gRPC's codes, in HTTP.
 STATUS_OF: dict[type[BaseException], HTTPStatus] = {
     Unauthenticated: HTTPStatus.UNAUTHORIZED,
     Forbidden: HTTPStatus.FORBIDDEN,
     TaskNotFound: HTTPStatus.NOT_FOUND,
+    SessionNotFound: HTTPStatus.NOT_FOUND,
+    ChatFailed: HTTPStatus.BAD_GATEWAY,
     ConfigError: HTTPStatus.BAD_REQUEST,
     InputError: HTTPStatus.BAD_REQUEST,
     TaskNameError: HTTPStatus.BAD_REQUEST,
@@ -127,6 +140,48 @@ class TaskRequest(BaseModel):
     items: list[dict[str, Any]] = Field(
         default_factory=list, description="The input items, an object each."
     )
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: whether the last chunk carries the usage."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat completion body, plus the provider and the user it is for.
+
+    Any other member (``temperature``, ``max_tokens``, ...) is sent to the provider as it is.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    user_id: str = Field("", description="Who it belongs to (with tokens: the token's user).")
+    api: Literal[chat_stream.STREAMING_PROVIDERS] = Field(  # type: ignore[valid-type]
+        "openai", description="The provider: openai or deepseek."
+    )
+    model: str | None = Field(None, description="None: the provider's default model.")
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = Field(False, description="POST /v1/chat: answer as Server-Sent Events.")
+    stream_options: StreamOptions | None = None
+
+    def session_request(self) -> dict[str, Any]:
+        """What the session keeps for the worker; a whole answer always carries its usage."""
+        asked = self.stream_options is not None and self.stream_options.include_usage
+        return {
+            "model": self.model,
+            "messages": self.messages,
+            "settings": self.model_extra or {},
+            "include_usage": asked or not self.stream,
+        }
+
+
+class ChatSession(BaseModel):
+    """A chat session sent to the fleet: where its Server-Sent Events are read."""
+
+    status: Literal["queued"] = "queued"
+    session_id: str
+    stream_url: str
 
 
 def _create_body_doc() -> dict[str, Any]:
@@ -376,6 +431,61 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    chat = APIRouter(prefix="/v1", tags=["chat"])
+    readers = redis.asyncio.Redis.from_url(client.redis_url)  # XREAD BLOCK off the threads
+
+    def start_chat(who: Caller, body: ChatRequest) -> str:
+        """Open the session and send it to the fleet (503 when no worker serves the provider)."""
+        user_id = who.user_for(body.user_id)
+        if not liveness.serving(client.redis, [body.api])[body.api]:
+            raise Unavailable(f"no worker serves {body.api}: start one (mitrailleuse worker)")
+        return client.start_chat(user_id, body.api, body.session_request())
+
+    @chat.post("/chat/async", status_code=HTTPStatus.ACCEPTED)
+    async def chat_async(body: ChatRequest, who: Who) -> ChatSession:
+        """Send a chat to the fleet and return at once: read it at ``stream_url``."""
+        session_id = await in_thread(lambda: start_chat(who, body))
+        return ChatSession(session_id=session_id, stream_url=f"/v1/stream/{session_id}")
+
+    @chat.get(
+        "/stream/{session_id}",
+        response_class=StreamingResponse,
+        responses={200: {"content": {EVENT_STREAM: {}}, "description": "OpenAI's chunks."}},
+    )
+    async def chat_events(
+        session_id: str,
+        who: Who,
+        last_event_id: Annotated[
+            str | None, Header(description="Resume after this event (the last one received).")
+        ] = None,
+    ) -> StreamingResponse:
+        """The session's chunks as OpenAI streams them, from the start or after Last-Event-ID.
+
+        Each event's ``id`` is its Redis Stream entry id; the stream ends with ``data: [DONE]``,
+        or with an ``error`` event (a cut answer is never reported complete).
+        """
+        after = _entry_id(last_event_id)
+        user = await in_thread(lambda: chat_stream.session_user(client.redis, session_id))
+        if user is None or not who.may_see(user):
+            raise SessionNotFound(f"no chat session {session_id}")
+        return _chat_response(chat_stream.relay(readers, session_id, after, HEARTBEAT_S))
+
+    @chat.post(
+        "/chat",
+        response_model=None,
+        responses={
+            200: {"content": {EVENT_STREAM: {}}, "description": "A chat.completion, or chunks."},
+            502: {"description": "The provider's answer failed, or was cut."},
+        },
+    )
+    async def chat_completion(body: ChatRequest, who: Who) -> Response:
+        """A chat answered by the fleet: its chunks as Server-Sent Events, or one completion."""
+        session_id = await in_thread(lambda: start_chat(who, body))
+        entries = chat_stream.relay(readers, session_id, "0-0", HEARTBEAT_S)
+        if body.stream:
+            return _chat_response(entries)
+        return JSONResponse(await _completion(entries))
+
     fleet = APIRouter(tags=["health"])
 
     @fleet.get("/health")
@@ -405,6 +515,7 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         version="1",
     )
     app.include_router(api)
+    app.include_router(chat)
     app.include_router(fleet)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     for kind in STATUS_OF:
@@ -506,6 +617,66 @@ async def _with_heartbeats(
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
         await events.aclose()
+
+
+def _entry_id(last_event_id: str | None) -> str:
+    """The Redis Stream entry id a reader resumes after (none: from the start)."""
+    if last_event_id is None:
+        return "0-0"
+    if not re.fullmatch(r"\d+-\d+", last_event_id.strip()):
+        raise ConfigError("Last-Event-ID must be an event id this stream sent (<ms>-<seq>)")
+    return last_event_id.strip()
+
+
+def _chat_response(entries: AsyncGenerator[Entry | None, None]) -> StreamingResponse:
+    return StreamingResponse(
+        _chat_events(entries),
+        media_type=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _chat_events(entries: AsyncGenerator[Entry | None, None]) -> AsyncIterator[bytes]:
+    """A session's entries as OpenAI's Server-Sent Events, and a comment while idle."""
+    async with contextlib.aclosing(entries):
+        try:
+            async for entry in entries:
+                if entry is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                event = b"event: error\n" if entry.kind == "error" else b""
+                yield b"id: %s\n%sdata: %s\n\n" % (entry.entry_id.encode(), event, entry.data)
+        except redis.RedisError as error:  # the status line is sent: say it in the stream
+            document = {"error": {"type": "unavailable", "message": one_line(error)}}
+            yield b"event: error\ndata: %s\n\n" % orjson.dumps(document)
+
+
+async def _completion(entries: AsyncGenerator[Entry | None, None]) -> dict[str, Any]:
+    """One ``chat.completion`` from a session's chunks (a ChatFailed when it ends in error)."""
+    pieces: dict[str, list[str]] = {"content": [], "refusal": []}
+    head: dict[str, Any] = {}
+    finish_reason = None
+    extra: dict[str, Any] = {}
+    async with contextlib.aclosing(entries):
+        async for entry in entries:
+            if entry is None or entry.kind == "done":
+                continue
+            chunk = orjson.loads(entry.data)
+            if entry.kind == "error":
+                error = chunk["error"]
+                raise ChatFailed(f"{error['type']}: {error['message']}")
+            head = head or {key: chunk[key] for key in ("id", "created", "model")}
+            extra.update({k: chunk[k] for k in ("usage", "cost_usd") if chunk.get(k)})
+            for choice in chunk["choices"]:
+                for key, texts in pieces.items():
+                    texts.append(choice["delta"].get(key) or "")
+                finish_reason = choice["finish_reason"] or finish_reason
+    content, refusal = ("".join(texts) for texts in pieces.values())
+    message = {"role": "assistant", "content": content or None, "refusal": refusal or None}
+    if refusal == "":
+        message["content"] = content  # an empty answer is still a text answer
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    return {**head, "object": "chat.completion", "choices": [choice], **extra}
 
 
 def _fleet_health(probe: redis.Redis) -> dict[str, Any]:
