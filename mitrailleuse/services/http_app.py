@@ -162,17 +162,19 @@ class ChatRequest(BaseModel):
     )
     model: str | None = Field(None, description="None: the provider's default model.")
     messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = Field(False, description="POST /v1/chat: answer as Server-Sent Events.")
+    stream: bool = Field(
+        False, description="POST /v1/chat: answer as Server-Sent Events (/chat/async: always)."
+    )
     stream_options: StreamOptions | None = None
 
-    def session_request(self) -> dict[str, Any]:
-        """What the session keeps for the worker; a whole answer always carries its usage."""
+    def session_request(self, whole: bool) -> dict[str, Any]:
+        """What the session keeps for the worker; a ``whole`` answer always carries its usage."""
         asked = self.stream_options is not None and self.stream_options.include_usage
         return {
             "model": self.model,
             "messages": self.messages,
             "settings": self.model_extra or {},
-            "include_usage": asked or not self.stream,
+            "include_usage": asked or whole,
         }
 
 
@@ -434,17 +436,17 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
     chat = APIRouter(prefix="/v1", tags=["chat"])
     readers = redis.asyncio.Redis.from_url(client.redis_url)  # XREAD BLOCK off the threads
 
-    def start_chat(who: Caller, body: ChatRequest) -> str:
+    def start_chat(who: Caller, body: ChatRequest, whole: bool) -> str:
         """Open the session and send it to the fleet (503 when no worker serves the provider)."""
         user_id = who.user_for(body.user_id)
         if not liveness.serving(client.redis, [body.api])[body.api]:
             raise Unavailable(f"no worker serves {body.api}: start one (mitrailleuse worker)")
-        return client.start_chat(user_id, body.api, body.session_request())
+        return client.start_chat(user_id, body.api, body.session_request(whole))
 
     @chat.post("/chat/async", status_code=HTTPStatus.ACCEPTED)
     async def chat_async(body: ChatRequest, who: Who) -> ChatSession:
         """Send a chat to the fleet and return at once: read it at ``stream_url``."""
-        session_id = await in_thread(lambda: start_chat(who, body))
+        session_id = await in_thread(lambda: start_chat(who, body, whole=False))
         return ChatSession(session_id=session_id, stream_url=f"/v1/stream/{session_id}")
 
     @chat.get(
@@ -480,7 +482,7 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
     )
     async def chat_completion(body: ChatRequest, who: Who) -> Response:
         """A chat answered by the fleet: its chunks as Server-Sent Events, or one completion."""
-        session_id = await in_thread(lambda: start_chat(who, body))
+        session_id = await in_thread(lambda: start_chat(who, body, whole=not body.stream))
         entries = chat_stream.relay(readers, session_id, "0-0", HEARTBEAT_S)
         if body.stream:
             return _chat_response(entries)
