@@ -118,7 +118,8 @@ def test_a_failure_before_the_stream_is_retried_out_of_sight(http, sim):
     events = read_stream(http, start(http, messages)["stream_url"])
     assert all("event" not in e for e in events) and events[-1]["data"] == "[DONE]"
     assert text_of(events) == chat_answer(messages)
-    assert sim.stats()["chat_streams"] == 1
+    stats = sim.stats()
+    assert stats["chat_requests"] == 2 and stats["chat_streams"] == 1
 
 
 def test_post_chat_streams_or_answers_whole(http, sim):
