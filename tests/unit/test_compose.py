@@ -209,7 +209,7 @@ def run_compose(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProce
     # Only what the CLI needs: no COMPOSE_* or provider variables from the caller's shell, and
     # .env.example instead of a developer's compose/.env.
     base = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
-    # Every profile on, so the opt-in services (grpc) are resolved and checked too.
+    # Every profile on, so the opt-in services (grpc, http) are resolved and checked too.
     profiles = [arg for name in profiles_of(raw_model()) for arg in ("--profile", name)]
     return subprocess.run(
         [*command, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), *profiles, *args],
@@ -466,12 +466,29 @@ def test_grpc_is_opt_in_and_serves_beyond_loopback_only_with_tls_and_tokens(flee
     assert (host_ip, str(host_port), str(target)) == ("127.0.0.1", port, port)
 
 
+def test_http_is_opt_in_and_serves_beyond_loopback_only_with_tokens(fleet):
+    http = fleet["services"]["http"]
+    assert http["profiles"] == ["http"], "`docker compose up` alone does not start it"
+    args = args_of(http["command"])
+    assert args[:2] == ["serve", "http"] and option(args, "--address") == "0.0.0.0"
+    assert "MITRAILLEUSE_API_TOKENS" in environment_of(http)
+    port = option(args, "--port")
+    (published,) = http["ports"]
+    if isinstance(published, str):
+        host_ip, host_port, target = published.rsplit(":", 2)
+    else:
+        host_ip, host_port, target = (published[k] for k in ("host_ip", "published", "target"))
+    assert (host_ip, str(host_port), str(target)) == ("127.0.0.1", port, port)
+    assert f"http://127.0.0.1:{port}/health" in " ".join(args_of(http["healthcheck"]["test"]))
+
+
 def test_keys_go_only_where_they_are_used(fleet):
     native_batch = {p for p in provider_queues() if provider_class(p).supports_native_batch}
     allowed = {f"worker-{p}": key_variables(p) for p in provider_queues()}
     allowed["worker-control"] = set().union(*map(key_variables, native_batch))
     allowed["flower"] = {"FLOWER_BASIC_AUTH"}
     allowed["grpc"] = {"MITRAILLEUSE_API_TOKENS"}
+    allowed["http"] = {"MITRAILLEUSE_API_TOKENS"}
     for name, service in fleet["services"].items():
         given = SECRET_VARIABLES & set(environment_of(service))
         assert given <= allowed.get(name, set()), f"{name} gets {sorted(given)}"
