@@ -8,7 +8,7 @@ to ``benchmarks/results.json`` (``results-quick.json`` with ``--quick``, a smoke
 bench at small sizes in about two minutes).
 
 Usage: ``python benchmarks/run.py [inputs pipeline ratelimit limits scale native_batch guarantees
-grpc] [--quick]``
+grpc http_chat] [--quick]``
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "native_batch": ([], ["--items", "200", "--batch-duration-s", "2"]),
     "guarantees": ([], ["--items", "60", "--kill-items", "200", "--runs", "3"]),
     "grpc": ([], ["--items", "400", "--rounds", "1"]),
+    "http_chat": ([], ["--sessions", "40"]),
 }
 #: A bench still running after this long is stopped and reported as failed.
 TIMEOUT_S = {False: 20 * 60, True: 5 * 60}
