@@ -10,7 +10,14 @@ never starts the generation again.
 
 A failure before the first chunk is appended is retried like a pipeline call (the retry
 policy, ``Retry-After`` obeyed) and nobody sees it; a failure after it ends the session with a
-``stream_cut`` error: a half answer is never passed off as a whole one.
+``stream_cut`` error, and so does a stream that closes before its ``finish_reason`` came: a
+half answer is never passed off as a whole one. One worker streams a session at a time (a
+:class:`~mitrailleuse.pipeline.liveness.Lease`, free as soon as its holder dies): a message
+redelivered while its first worker still streams is dropped; one redelivered after that
+worker died finds the session cut (or, with nothing appended yet, streams it).
+
+A session's stream is never trimmed (a reader resuming from the start must find the start):
+an answer longer than :data:`MAX_ENTRIES` chunks ends with a ``too_long`` error.
 
 Cost: the session hash records ``usage`` and ``cost_usd``; with ``include_usage`` the usage
 chunk carries ``cost_usd`` too (an extra member, which OpenAI's SDK keeps and ignores).
@@ -19,6 +26,7 @@ chunk carries ``cost_usd`` too (an extra member, which OpenAI's SDK keeps and ig
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -35,6 +43,7 @@ from mitrailleuse.config import RateLimit, RetryPolicy
 from mitrailleuse.cost.pricing import cost_usd, price_of
 from mitrailleuse.credentials import resolve_api_key
 from mitrailleuse.pipeline.caller import MOMENT_S, acquire_within
+from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.retries import Verdict, after_error
 from mitrailleuse.providers import ErrorKind, ProviderError, provider_class
 from mitrailleuse.providers.openai import OpenAIProvider
@@ -46,8 +55,13 @@ log = logging.getLogger(__name__)
 STREAMING_PROVIDERS = ("openai", "deepseek")
 #: How long a session (its request, its chunks) stays readable after it was opened or last grew.
 SESSION_TTL_S = 3600
-#: The most entries a session's stream keeps (approximately: ``MAXLEN ~``).
-MAX_ENTRIES = 10_000
+#: The most chunks a session's stream takes (a token or so each); the answer ends there.
+MAX_ENTRIES = 100_000
+#: The form a session id has (a uuid4's hex): anything else is no session.
+SESSION_ID = re.compile(r"[0-9a-f]{32}")
+#: What a session's stream says when the provider refused the fleet's key: the provider's own
+#: text may quote part of the key, and the reader is not the key's owner.
+KEY_REFUSED = "the provider refused this fleet's API key (HTTP {status})"
 #: What ends a session that completed, as its last entry and as its last SSE data.
 DONE = "[DONE]"
 #: The error a reader gets when the session expires while it waits.
@@ -88,6 +102,8 @@ def open_session(client: redis.Redis, user_id: str, provider: str, request: dict
 
 def session_user(client: redis.Redis, session_id: str) -> str | None:
     """The session's user ("" for anyone's), or None when there is no such session."""
+    if not SESSION_ID.fullmatch(session_id):
+        return None
     user = client.hget(keys.chat_session(session_id), "user")
     return None if user is None else user.decode()
 
@@ -118,7 +134,7 @@ def _append(client: redis.Redis, session_id: str, kind: str, data: bytes, **reco
     """Add an entry to the session's stream (``record``: hash fields set with it), TTLs renewed."""
     pipe = client.pipeline()
     stream = keys.chat_stream(session_id)
-    pipe.xadd(stream, {"kind": kind, "data": data}, maxlen=MAX_ENTRIES, approximate=True)
+    pipe.xadd(stream, {"kind": kind, "data": data})
     pipe.expire(stream, SESSION_TTL_S)
     if record:
         pipe.hset(keys.chat_session(session_id), mapping=record)
@@ -148,6 +164,18 @@ def _provider(name: str) -> OpenAIProvider:
 
 def stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again | None:
     """Stream the session's answer into Redis: None when it is over, else when to try again."""
+    lease = Lease(client, f"chat:{session_id}", SESSION_TTL_S)
+    if not lease.acquire():
+        log.warning("chat session %s is streamed by another worker: not again", session_id)
+        return None
+    try:
+        return _stream_session(client, session_id, attempt)
+    finally:
+        lease.release()
+
+
+def _stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again | None:
+    """:func:`stream_session`, its lease held."""
     found = client.hmget(keys.chat_session(session_id), ["provider", "request"])
     if found[0] is None:
         log.warning("chat session %s expired before it was streamed", session_id)
@@ -203,12 +231,14 @@ def _relay_chunks(
 
     An error is for retrying only while nothing was appended; after, the session ends cut.
     """
-    appended = False
+    appended = 0
+    finished = False
     usage: dict[str, Any] | None = None
     cost: float | None = None
     try:
         for chunk in chunks:
             body = chunk.to_dict()
+            finished = finished or any(c.get("finish_reason") for c in body["choices"])
             if body.get("usage"):
                 usage = body["usage"]
                 cost = cost_usd(price_of(provider, model), usage)
@@ -217,8 +247,13 @@ def _relay_chunks(
                 body.pop("usage", None)
                 if not body["choices"]:
                     continue  # the usage chunk the client did not ask for
+            if appended == MAX_ENTRIES:
+                _error(client, session_id, "too_long", f"the answer is over {MAX_ENTRIES} chunks")
+                return None
             _append(client, session_id, "chunk", orjson.dumps(body))
-            appended = True
+            appended += 1
+        if not finished:  # closed early: the last choice chunk has the finish_reason
+            raise ConnectionError("the provider closed the stream before its finish_reason")
     except Exception as error:  # a cut connection, an error event, an SDK surprise
         if not appended:
             return ProviderError(ErrorKind.RETRY, "stream_cut", _line(error))
@@ -249,7 +284,9 @@ def _failed(
             decision.wait_s,
         )
         return Again(decision.wait_s, attempt + 1)
-    _error(client, session_id, error.type, error.message)
+    refused = error.status_code in (401, 403)
+    shown = KEY_REFUSED.format(status=error.status_code) if refused else error.message
+    _error(client, session_id, error.type, shown)
     return None
 
 

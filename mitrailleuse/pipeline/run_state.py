@@ -89,6 +89,9 @@ STATUS_LOCK_S = 10.0
 
 #: How long a worker keeps retrying Redis while it restarts, before a task gives up.
 REDIS_OUTAGE_S = 60.0
+#: Connections one client may open at once: one per thread talking to Redis at that moment.
+#: redis-py 8 caps a pool at 100 and refuses the 101st; a worker's ``-c`` may run more threads.
+MAX_CONNECTIONS = 1024
 
 
 @cache
@@ -100,6 +103,7 @@ def redis_client(url: str) -> redis.Redis:
     """
     return redis.Redis.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
         health_check_interval=30,
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), int(REDIS_OUTAGE_S / 2)),

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -84,6 +85,12 @@ HEARTBEAT_S = 15.0
 JSON_FIELDS = ("config", "items")
 #: The states of a run under way.
 ACTIVE_STATES = frozenset(get_args(TaskState)) - FINAL_STATES - {"created"}
+#: The largest chat request body (a conversation), whatever the upload limit.
+CHAT_MAX_BYTES = 1 << 20
+#: Chat streams one server relays at once: each holds a Redis connection while it waits.
+MAX_CHAT_STREAMS = 1000
+#: How long a provider's live workers, once seen, are taken as serving it for new chats.
+SERVING_TTL_S = 1.0
 
 
 class UploadTooLarge(MitrailleuseError):
@@ -100,6 +107,10 @@ class SessionNotFound(MitrailleuseError):
 
 class ChatFailed(MitrailleuseError):
     """The provider's answer to a chat session failed (or was cut) on the worker."""
+
+
+class TooManyStreams(MitrailleuseError):
+    """A chat stream over the :data:`MAX_CHAT_STREAMS` this server relays at once."""
 
 
 #: The HTTP status of each error the Python API (or this API) raises: gRPC's codes, in HTTP.
@@ -119,6 +130,7 @@ STATUS_OF: dict[type[BaseException], HTTPStatus] = {
     redis.TimeoutError: HTTPStatus.SERVICE_UNAVAILABLE,
     OperationalError: HTTPStatus.SERVICE_UNAVAILABLE,
     Unavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    TooManyStreams: HTTPStatus.SERVICE_UNAVAILABLE,
     FileNotFoundError: HTTPStatus.NOT_FOUND,
     TaskNotFinished: HTTPStatus.CONFLICT,
     # any other of the Python API's one-line errors (a provider's refusal, ...): said as is
@@ -241,7 +253,11 @@ def _said(error: BaseException) -> tuple[HTTPStatus, str]:
 async def _error_problem(request: Request, error: Exception) -> JSONResponse:
     """An error as a problem, never a traceback (uvicorn logs an unexpected one's)."""
     status, detail = _said(error)
-    headers = {"WWW-Authenticate": "Bearer"} if status is HTTPStatus.UNAUTHORIZED else None
+    headers = None
+    if status is HTTPStatus.UNAUTHORIZED:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(error, TooManyStreams):
+        headers = {"Retry-After": "1"}
     return problem(status, detail, headers)
 
 
@@ -263,13 +279,19 @@ async def _http_problem(request: Request, error: HTTPException) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse a request body over ``max_bytes`` (413): by its Content-Length, or as it comes."""
+    """Refuse a request body over ``max_bytes`` (413): by its Content-Length, or as it comes.
+
+    A chat's body (under ``/v1/chat``) is held in Redis for its session: at most
+    :data:`CHAT_MAX_BYTES`.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> UploadTooLarge:
+    def _too_large(self, chat: bool) -> UploadTooLarge:
+        if chat:
+            return UploadTooLarge(f"a chat request is at most {CHAT_MAX_BYTES >> 20} MB")
         return UploadTooLarge(
             f"the request body is over {self.max_bytes >> 20} MB "
             "(MITRAILLEUSE_HTTP_MAX_UPLOAD_MB on the server)"
@@ -280,9 +302,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        chat = scope["path"].startswith("/v1/chat")
+        limit = min(self.max_bytes, CHAT_MAX_BYTES) if chat else self.max_bytes
         length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
-            refused = problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, one_line(self._too_large()))
+        if length.isdigit() and int(length) > limit:
+            refused = problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, one_line(self._too_large(chat)))
             await refused(scope, receive, send)
             return
         received = 0
@@ -291,11 +315,49 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:  # raised in the handler reading it: a 413 problem
-                raise self._too_large()
+            if received > limit:  # raised in the handler reading it: a 413 problem
+                raise self._too_large(chat)
             return message
 
         await self.app(scope, counted, send)
+
+
+class ChatStreams:
+    """The chat streams this server relays, each with a Redis connection while it waits.
+
+    At most ``limit`` at once: a request for one more is refused (503, ``Retry-After``) before
+    its status line; the pool also waits, rather than fails, should a few more slip in between.
+    """
+
+    def __init__(self, redis_url: str, limit: int = MAX_CHAT_STREAMS) -> None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url, max_connections=limit, timeout=HEARTBEAT_S
+        )
+        self.redis = redis.asyncio.Redis(connection_pool=pool)
+        self.limit = limit
+        self.open = 0
+
+    def check_room(self) -> None:
+        """Refuse a new stream when ``limit`` are open."""
+        if self.open >= self.limit:
+            raise TooManyStreams(
+                f"this server relays {self.limit} chat streams already: try again shortly"
+            )
+
+    async def relay(self, session_id: str, after: str) -> AsyncIterator[Entry | None]:
+        """The session's entries after ``after`` (:func:`chat_stream.relay`), counted open."""
+        self.open += 1
+        try:
+            entries = chat_stream.relay(self.redis, session_id, after, HEARTBEAT_S)
+            async with contextlib.aclosing(entries):
+                async for entry in entries:
+                    yield entry
+        finally:
+            self.open -= 1
+
+    async def close(self) -> None:
+        """Close the pool's connections (at shutdown)."""
+        await self.redis.aclose()
 
 
 def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
@@ -434,13 +496,16 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         )
 
     chat = APIRouter(prefix="/v1", tags=["chat"])
-    readers = redis.asyncio.Redis.from_url(client.redis_url)  # XREAD BLOCK off the threads
+    streams = ChatStreams(client.redis_url)
+    served_at: dict[str, float] = {}
 
     def start_chat(who: Caller, body: ChatRequest, whole: bool) -> str:
         """Open the session and send it to the fleet (503 when no worker serves the provider)."""
         user_id = who.user_for(body.user_id)
-        if not liveness.serving(client.redis, [body.api])[body.api]:
-            raise Unavailable(f"no worker serves {body.api}: start one (mitrailleuse worker)")
+        if time.monotonic() - served_at.get(body.api, -SERVING_TTL_S) >= SERVING_TTL_S:
+            if not liveness.serving(client.redis, [body.api])[body.api]:
+                raise Unavailable(f"no worker serves {body.api}: start one (mitrailleuse worker)")
+            served_at[body.api] = time.monotonic()
         return client.start_chat(user_id, body.api, body.session_request(whole))
 
     @chat.post("/chat/async", status_code=HTTPStatus.ACCEPTED)
@@ -467,10 +532,11 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         or with an ``error`` event (a cut answer is never reported complete).
         """
         after = _entry_id(last_event_id)
+        streams.check_room()
         user = await in_thread(lambda: chat_stream.session_user(client.redis, session_id))
         if user is None or not who.may_see(user):
-            raise SessionNotFound(f"no chat session {session_id}")
-        return _chat_response(chat_stream.relay(readers, session_id, after, HEARTBEAT_S))
+            raise SessionNotFound(f"no chat session {session_id[:64]}")
+        return _chat_response(streams.relay(session_id, after))
 
     @chat.post(
         "/chat",
@@ -481,12 +547,18 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         },
     )
     async def chat_completion(body: ChatRequest, who: Who) -> Response:
-        """A chat answered by the fleet: its chunks as Server-Sent Events, or one completion."""
+        """A chat answered by the fleet: its chunks as Server-Sent Events, or one completion.
+
+        The session's id is in the ``X-Session-Id`` header: a client cut off mid-answer reads
+        the rest at ``/v1/stream/{id}``.
+        """
+        streams.check_room()
         session_id = await in_thread(lambda: start_chat(who, body, whole=not body.stream))
-        entries = chat_stream.relay(readers, session_id, "0-0", HEARTBEAT_S)
+        entries = streams.relay(session_id, "0-0")
+        headers = {"X-Session-Id": session_id}
         if body.stream:
-            return _chat_response(entries)
-        return JSONResponse(await _completion(entries))
+            return _chat_response(entries, headers)
+        return JSONResponse(await _completion(entries), headers=headers)
 
     fleet = APIRouter(tags=["health"])
 
@@ -511,7 +583,13 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         """Messages waiting per queue, runs under way, and their rates against the limits."""
         return await in_thread(lambda: _stats(probe, client.tasks_dir, who))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await streams.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Mitrailleuse",
         summary="Push very large numbers of requests through AI provider APIs, losing none.",
         version="1",
@@ -630,11 +708,13 @@ def _entry_id(last_event_id: str | None) -> str:
     return last_event_id.strip()
 
 
-def _chat_response(entries: AsyncGenerator[Entry | None, None]) -> StreamingResponse:
+def _chat_response(
+    entries: AsyncGenerator[Entry | None, None], headers: Mapping[str, str] | None = None
+) -> StreamingResponse:
     return StreamingResponse(
         _chat_events(entries),
         media_type=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
 

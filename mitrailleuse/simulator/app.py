@@ -161,7 +161,7 @@ class SimState:
         self.structured_requests = 0  # Live calls asking for a JSON Schema answer (any API).
         self.chat_streams = 0  # Chat answers streamed (stream=true, begun: not refused first).
         self.chat_streams_completed = 0  # ... that reached [DONE],
-        self.chat_streams_cut = 0  # ... cut by [[cut-stream]],
+        self.chat_streams_cut = 0  # ... cut by [[cut-stream]] or [[end-stream-early]],
         self.chat_streams_errored = 0  # ... ended by [[stream-error]]'s error event.
         self.files_uploaded = 0
         self.deepl_characters = 0

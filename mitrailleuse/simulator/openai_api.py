@@ -18,7 +18,9 @@ of ``stream_chunk_ms``. Faults before the stream (status markers, rate limits) a
 as without it; mid-stream faults, from the last user message, after half the chunks:
 ``[[cut-stream]]`` closes the connection (no ``finish_reason``, no ``[DONE]``),
 ``[[cut-stream-once]]`` only the first time that text is sent, ``[[stream-error]]`` sends an
-error event (``data: {"error": {...}}``, a ``server_error``) and ends without ``[DONE]``.
+error event (``data: {"error": {...}}``, a ``server_error``) and ends without ``[DONE]``,
+``[[end-stream-early]]`` ends the response cleanly there (no ``finish_reason``, no
+``[DONE]``, no error: only the missing end tells).
 """
 
 from __future__ import annotations
@@ -420,7 +422,8 @@ class OpenAIApi:
         state = self.state
         cut = "cut-stream" in markers
         failing = "stream-error" in markers
-        if cut or failing:
+        early = "end-stream-early" in markers
+        if cut or failing or early:
             chunks = chunks[: len(chunks) // 2]
         response = web.StreamResponse(headers=headers)
         response.content_type = "text/event-stream"
@@ -441,6 +444,8 @@ class OpenAIApi:
             elif failing:
                 await response.write(_event(openai_error_body(500, _SERVER_ERROR)))
                 state.chat_streams_errored += 1
+            elif early:
+                state.chat_streams_cut += 1
             else:
                 await response.write(DONE_EVENT)
                 state.chat_streams_completed += 1

@@ -3,17 +3,22 @@
 ``POST /v1/chat/async`` opens a session and returns; a worker streams the simulator's answer
 into Redis; ``GET /v1/stream/<id>`` relays it as OpenAI's Server-Sent Events, resumable with
 ``Last-Event-ID`` without a second provider call. A status fault before the stream is retried
-out of sight; a cut after chunks ends the session with an ``error`` event, never ``[DONE]``.
+out of sight; a cut after chunks, an error event, or a stream that closes cleanly before its
+``finish_reason`` ends the session with an ``error`` event, never ``[DONE]``. The reconnect is
+read with a real SSE client (httpx-sse).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
+from mitrailleuse.pipeline.chat_stream import KEY_REFUSED
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.test_http import ALICE, BOB, TOKENS, bearer, problem, serve  # noqa: F401
 
@@ -89,16 +94,55 @@ def test_a_chat_streamed_through_the_fleet(http, sim):
     assert sim.stats()["chat_streams"] == 1
 
 
+def sse_client_read(http: httpx.Client, url: str, count: int | None, last_id: str = "") -> list:
+    """Events read with httpx-sse (``count``: then the client goes), as ``{id, data}``."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    events = []
+    with connect_sse(http, "GET", url, headers=headers) as source:
+        for event in source.iter_sse():
+            events.append({"id": event.id, "data": event.data})
+            if len(events) == count:
+                break
+    return events
+
+
 def test_a_reconnect_with_last_event_id_misses_and_repeats_nothing(http, sim):
     sim.configure(stream_chunk_ms=60)
     messages = user(LONG + " again")
     session = start(http, messages)
-    first = read_stream(http, session["stream_url"], count=3)  # then the client goes
-    rest = read_stream(http, session["stream_url"], headers={"Last-Event-ID": first[-1]["id"]})
+    first = sse_client_read(http, session["stream_url"], count=3)  # then the client goes
+    assert sim.stats()["chat_streams_completed"] == 0  # it went mid-stream
+    rest = sse_client_read(http, session["stream_url"], None, last_id=first[-1]["id"])
     assert rest[-1]["data"] == "[DONE]"
     assert text_of(first + rest) == chat_answer(messages)
     assert not {e["id"] for e in first} & {e["id"] for e in rest}
     assert all("usage" not in json.loads(e["data"]) for e in rest[:-1])  # none asked for
+    assert sim.stats()["chat_streams"] == 1
+
+
+def test_a_hundred_and_fifty_readers_of_one_session_each_get_it_whole(http, sim):
+    """More readers than a redis-py 8 pool's default 100 connections: each waits in XREAD."""
+    sim.configure(stream_chunk_ms=100)
+    messages = user(LONG + " for many")
+    url = start(http, messages)["stream_url"]
+
+    async def read_all() -> list[str]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(
+            base_url=str(http.base_url), limits=limits, timeout=60
+        ) as client:
+
+            async def one() -> str:
+                async with client.stream("GET", url) as response:
+                    assert response.status_code == 200
+                    lines = [line async for line in response.aiter_lines()]
+                datas = [line.removeprefix("data: ") for line in lines if line.startswith("data")]
+                assert datas[-1] == "[DONE]", datas[-1]
+                return text_of([{"data": d} for d in datas])
+
+            return await asyncio.gather(*(one() for _ in range(150)))
+
+    assert asyncio.run(read_all()) == [chat_answer(messages)] * 150
     assert sim.stats()["chat_streams"] == 1
 
 
@@ -111,6 +155,33 @@ def test_a_cut_after_chunks_ends_in_an_error_never_done(http, sim):
     assert all(e["data"] != "[DONE]" for e in events)
     assert 0 < len(text_of(events)) < len(chat_answer(messages))
     assert sim.stats()["chat_streams"] == 1  # not started again behind the client's back
+
+
+@pytest.mark.parametrize("fault", ["[[stream-error]]", "[[end-stream-early]]"])
+def test_an_error_event_or_an_early_clean_end_is_a_cut_never_done(http, sim, fault):
+    messages = user(f"{LONG} {fault}")
+    events = read_stream(http, start(http, messages)["stream_url"])
+    assert events[-1]["event"] == "error"
+    assert json.loads(events[-1]["data"])["error"]["type"] == "stream_cut"
+    assert all(e["data"] != "[DONE]" for e in events)
+    assert 0 < len(text_of(events)) < len(chat_answer(messages))
+    assert sim.stats()["chat_streams"] == 1  # after chunks: not started again
+
+
+def test_a_rate_limit_before_the_stream_is_waited_out(http, sim):
+    messages = user(f"{LONG} [[fail-first:429]]")
+    events = read_stream(http, start(http, messages)["stream_url"])
+    assert events[-1]["data"] == "[DONE]" and text_of(events) == chat_answer(messages)
+    stats = sim.stats()
+    assert stats["chat_requests"] == 2 and stats["chat_streams"] == 1
+
+
+def test_a_refused_key_is_said_without_the_providers_text(http, sim):
+    events = read_stream(http, start(http, user("who am i [[status:401]]"))["stream_url"])
+    assert events[-1]["event"] == "error"
+    error = json.loads(events[-1]["data"])["error"]
+    assert error == {"type": "http_401", "message": KEY_REFUSED.format(status=401)}
+    assert sim.stats()["chat_requests"] == 1  # a refused key is not retried
 
 
 def test_a_failure_before_the_stream_is_retried_out_of_sight(http, sim):
@@ -132,6 +203,8 @@ def test_post_chat_streams_or_answers_whole(http, sim):
 
     response = http.post("/v1/chat", json=body)
     assert response.status_code == 200, response.text
+    again = read_stream(http, f"/v1/stream/{response.headers['X-Session-Id']}")
+    assert text_of(again) == chat_answer(messages)  # its session, readable again
     completion = response.json()
     assert completion["object"] == "chat.completion"
     assert completion["choices"][0]["message"]["content"] == chat_answer(messages)
@@ -157,3 +230,12 @@ def test_unknown_and_other_users_sessions_are_404(serve, sim, start_worker):  # 
     forged = {**body, "user_id": "bob"}
     problem(http.post("/v1/chat/async", json=forged, headers=bearer(ALICE)), 403)
     problem(http.get(url, headers={**bearer(ALICE), "Last-Event-ID": "nope"}), 400)
+    detail = problem(http.get(f"/v1/stream/{'f' * 500}", headers=bearer(ALICE)), 404)["detail"]
+    assert len(detail) < 100
+
+
+def test_a_chat_body_over_a_megabyte_is_refused(http, sim):
+    big = {"api": "openai", "messages": user("x" * (1 << 20))}
+    for path in ("/v1/chat/async", "/v1/chat"):
+        assert "1 MB" in problem(http.post(path, json=big), 413)["detail"]
+    assert sim.stats()["chat_requests"] == 0
