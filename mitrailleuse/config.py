@@ -424,6 +424,9 @@ class Environment(BaseSettings):
     mitrailleuse_celery_config: str = "mitrailleuse.celeryconfig"
     #: The largest request body the HTTP API takes (a task's items and input files), in MB.
     mitrailleuse_http_max_upload_mb: int = Field(default=100, ge=1)
+    #: What one user's chat sessions may spend in a UTC day, in US dollars (unset: no limit);
+    #: read by the workers, which reserve each call's worst case before making it.
+    mitrailleuse_chat_budget_usd: float | None = Field(default=None, gt=0)
     #: ``user:password[,user2:password2]`` for Flower.
     flower_basic_auth: str = ""
     #: DeepL's endpoint when the config has no ``base_url`` (the DeepL SDK's own variable name).

@@ -160,6 +160,12 @@ def chat_session(session_id: str) -> str:
     return f"{PREFIX}:chat:{session_id}"
 
 
+def chat_spend(user_id: str, day: str) -> tuple[str, str]:
+    """Hash (``spent_usd``, ``reserved_usd``) and reservations: a user's chat spend on a day."""
+    scope = f"{PREFIX}:chatspend:{day}:{user_id}"
+    return scope, f"{scope}:reservations"
+
+
 def chat_stream(session_id: str) -> str:
     """Stream: a chat session's chunks as the provider sent them, then its end or its error."""
     return f"{PREFIX}:chat:{session_id}:stream"

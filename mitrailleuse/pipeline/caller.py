@@ -128,7 +128,7 @@ def context_for(run: RunState) -> RunContext:
         config,
         provider,
         RedisLimiter(run.redis, name, provider.model, limits),
-        CostLimit(run.redis, run.run_id, general.cost_limit_usd),
+        CostLimit.of_run(run.redis, run.run_id, general.cost_limit_usd),
         price_of(name, provider.model, general.prices),
         ResponseCache(run.redis, run.run_id, general.cache)
         if cache_enabled(general.cache, provider)

@@ -39,10 +39,12 @@ import redis
 import redis.asyncio
 
 from mitrailleuse import keys
-from mitrailleuse.config import RateLimit, RetryPolicy
-from mitrailleuse.cost.pricing import cost_usd, price_of
+from mitrailleuse.config import Environment, RateLimit, RetryPolicy
+from mitrailleuse.cost.limit import CostLimit, Reservation
+from mitrailleuse.cost.pricing import cost_usd, price_of, worst_case_usd
 from mitrailleuse.credentials import resolve_api_key
-from mitrailleuse.pipeline.caller import MOMENT_S, acquire_within
+from mitrailleuse.pipeline import liveness
+from mitrailleuse.pipeline.caller import COST_POLL_S, MOMENT_S, acquire_within
 from mitrailleuse.pipeline.liveness import Lease
 from mitrailleuse.pipeline.retries import Verdict, after_error
 from mitrailleuse.providers import ErrorKind, ProviderError, provider_class
@@ -130,6 +132,14 @@ async def relay(
                 return
 
 
+def _append_chunk(client: redis.Redis, session_id: str, data: bytes, first: bool) -> None:
+    """Add a chunk to the session's stream: one XADD (the first sets the stream's TTL too)."""
+    if first:
+        _append(client, session_id, "chunk", data)
+    else:
+        client.xadd(keys.chat_stream(session_id), {"kind": "chunk", "data": data})
+
+
 def _append(client: redis.Redis, session_id: str, kind: str, data: bytes, **record: Any) -> None:
     """Add an entry to the session's stream (``record``: hash fields set with it), TTLs renewed."""
     pipe = client.pipeline()
@@ -176,7 +186,7 @@ def stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again 
 
 def _stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again | None:
     """:func:`stream_session`, its lease held."""
-    found = client.hmget(keys.chat_session(session_id), ["provider", "request"])
+    found = client.hmget(keys.chat_session(session_id), ["provider", "request", "user"])
     if found[0] is None:
         log.warning("chat session %s expired before it was streamed", session_id)
         return None
@@ -185,12 +195,37 @@ def _stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again
         if last[b"kind"] == b"chunk":
             _error(client, session_id, "stream_cut", "the worker streaming the answer stopped")
         return None
-    name, request = found[0].decode(), orjson.loads(found[1])
+    name, request, user = found[0].decode(), orjson.loads(found[1]), found[2].decode()
     provider = _provider(name)
     model = request.get("model") or provider.model
-    timeout_s = provider.config.timeout_s
+    price = price_of(name, model)
+    budget = CostLimit.of_chats(client, user, _today(), Environment().mitrailleuse_chat_budget_usd)
+    units = _cost_units(provider, request)
+    worst = worst_case_usd(price, *units) if price and budget.limit_usd else 0.0
+    holder = liveness.holder(liveness.heartbeat(client).owner)
+    with budget.reserved(worst, holder) as reservation:
+        if reservation is Reservation.WAIT:  # sessions in flight hold the rest
+            return Again(COST_POLL_S, attempt)
+        if reservation is Reservation.EXHAUSTED:
+            spent = f"${budget.limit_usd:g} a day for each user"
+            _error(client, session_id, "budget", f"the chat budget ({spent}) is spent for today")
+            return None
+        return _call(client, session_id, attempt, provider, model, request, sum(units), budget)
+
+
+def _call(
+    client: redis.Redis,
+    session_id: str,
+    attempt: int,
+    provider: OpenAIProvider,
+    model: str,
+    request: dict[str, Any],
+    tokens: int,
+    budget: CostLimit,
+) -> Again | None:
+    """Take the rate grant, call the provider, relay its chunks (the cost reserved)."""
+    name, timeout_s = provider.name, provider.config.timeout_s
     limiter = RedisLimiter(client, name, model, Limits.resolve(name, RateLimit()))
-    tokens = provider.estimate_tokens([{"messages": request["messages"]}])
     turn = acquire_within(limiter, tokens, timeout_s, None, MOMENT_S)
     if not isinstance(turn, Grant):
         return Again(float(turn), attempt)  # the rate budget is spent: no attempt used
@@ -212,7 +247,7 @@ def _stream_session(client: redis.Redis, session_id: str, attempt: int) -> Again
             return _failed(client, session_id, limiter, error, attempt)
         limiter.observe(provider.rate_limits(raw.headers))
         with raw.parse() as chunks:
-            usage = _relay_chunks(client, session_id, chunks, name, model, request)
+            usage = _relay_chunks(client, session_id, chunks, name, model, request, budget)
         if isinstance(usage, ProviderError):
             return _failed(client, session_id, limiter, usage, attempt)
         lease.tokens = usage.get("total_tokens") if usage else None
@@ -226,8 +261,11 @@ def _relay_chunks(
     provider: str,
     model: str,
     request: dict[str, Any],
+    budget: CostLimit,
 ) -> dict[str, Any] | ProviderError | None:
     """Append the chunks, then ``done``: the usage (None: not given), or an error to retry.
+
+    The answer's cost, once its usage came, is spent from the user's chat ``budget``.
 
     An error is for retrying only while nothing was appended; after, the session ends cut.
     """
@@ -243,6 +281,7 @@ def _relay_chunks(
                 usage = body["usage"]
                 cost = cost_usd(price_of(provider, model), usage)
                 body["cost_usd"] = cost
+                budget.spend(cost or 0.0)
             if not request.get("include_usage"):
                 body.pop("usage", None)
                 if not body["choices"]:
@@ -250,7 +289,7 @@ def _relay_chunks(
             if appended == MAX_ENTRIES:
                 _error(client, session_id, "too_long", f"the answer is over {MAX_ENTRIES} chunks")
                 return None
-            _append(client, session_id, "chunk", orjson.dumps(body))
+            _append_chunk(client, session_id, orjson.dumps(body), first=not appended)
             appended += 1
         if not finished:  # closed early: the last choice chunk has the finish_reason
             raise ConnectionError("the provider closed the stream before its finish_reason")
@@ -288,6 +327,19 @@ def _failed(
     shown = KEY_REFUSED.format(status=error.status_code) if refused else error.message
     _error(client, session_id, error.type, shown)
     return None
+
+
+def _cost_units(provider: OpenAIProvider, request: dict[str, Any]) -> tuple[int, int]:
+    """The session's prompt tokens and completion budget (its ``max_tokens`` and ``n``, if set)."""
+    prompt, default = provider.cost_units([{"messages": request["messages"]}])
+    settings = request.get("settings") or {}
+    most = settings.get("max_completion_tokens") or settings.get("max_tokens") or default
+    return prompt, int(most) * int(settings.get("n") or 1)
+
+
+def _today() -> str:
+    """The UTC day a chat budget counts: ``YYYY-MM-DD``."""
+    return time.strftime("%Y-%m-%d", time.gmtime())
 
 
 def _line(error: BaseException) -> str:

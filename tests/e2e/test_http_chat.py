@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from mitrailleuse.cost.pricing import price_of, worst_case_usd
 from mitrailleuse.pipeline.chat_stream import KEY_REFUSED
+from mitrailleuse.providers.openai import OpenAIProvider
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.test_http import ALICE, BOB, TOKENS, bearer, problem, serve  # noqa: F401
 
@@ -68,8 +71,9 @@ def http(serve, sim, start_worker) -> httpx.Client:  # noqa: F811
     return serve().client
 
 
-def start(http: httpx.Client, messages: list[dict], **extra) -> dict:
-    response = http.post("/v1/chat/async", json={"api": "openai", "messages": messages, **extra})
+def start(http: httpx.Client, messages: list[dict] | None = None, **extra) -> dict:
+    body = {"api": "openai", **({"messages": messages} if messages else {}), **extra}
+    response = http.post("/v1/chat/async", json=body)
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -239,3 +243,27 @@ def test_a_chat_body_over_a_megabyte_is_refused(http, sim):
     for path in ("/v1/chat/async", "/v1/chat"):
         assert "1 MB" in problem(http.post(path, json=big), 413)["detail"]
     assert sim.stats()["chat_requests"] == 0
+
+
+def test_a_users_chat_budget_stops_their_sessions_not_others(serve, sim, start_worker):  # noqa: F811
+    """``MITRAILLEUSE_CHAT_BUDGET_USD`` room for one session's worst case: a second is refused."""
+    messages = user("how much is this one")
+    body = {"api": "openai", "model": "gpt-4o-mini", "messages": messages, "max_tokens": 100}
+    provider = OpenAIProvider(OpenAIProvider.config_model(), "unused")
+    prompt, _ = provider.cost_units([body])
+    worst = worst_case_usd(price_of("openai", "gpt-4o-mini"), prompt, body["max_tokens"])
+    budget = {"MITRAILLEUSE_CHAT_BUDGET_USD": repr(worst * 1.01)}
+    start_worker(queues=["openai", "mitrailleuse"], concurrency=2, env=budget)
+    http = serve().client
+    payer, other = f"payer-{uuid.uuid4().hex}", f"other-{uuid.uuid4().hex}"
+
+    def ending(user_id: str) -> dict:
+        return read_stream(http, start(http, **body, user_id=user_id)["stream_url"])[-1]
+
+    assert ending(payer)["data"] == "[DONE]"  # its worst case fitted; it cost less, but some
+    refused = ending(payer)
+    assert refused["event"] == "error"
+    error = json.loads(refused["data"])["error"]
+    assert error["type"] == "budget" and "is spent for today" in error["message"]
+    assert ending(other)["data"] == "[DONE]"  # another user's budget is their own
+    assert sim.stats()["chat_requests"] == 2

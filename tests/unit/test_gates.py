@@ -53,7 +53,7 @@ def test_claims_the_records_took_are_not_freed_again():
     [(Reservation.RESERVED, [0.5]), (Reservation.WAIT, []), (Reservation.EXHAUSTED, [])],
 )
 def test_a_reservation_is_given_back_on_every_path_and_only_if_made(answer, given_back):
-    cost_limit = CostLimit(UNCONNECTED, "r", limit_usd=1.0)
+    cost_limit = CostLimit.of_run(UNCONNECTED, "r", limit_usd=1.0)
     returned = []
     cost_limit.reserve = lambda usd, holder: answer
     cost_limit.give_back = lambda usd, holder: returned.append(usd)
