@@ -160,6 +160,11 @@ def chat_session(session_id: str) -> str:
     return f"{PREFIX}:chat:{session_id}"
 
 
+def chat_scopes() -> str:
+    """Set: the provider:model scopes chat sessions have called (for ``/stats``)."""
+    return f"{PREFIX}:chat:scopes"
+
+
 def chat_spend(user_id: str, day: str) -> tuple[str, str]:
     """Hash (``spent_usd``, ``reserved_usd``) and reservations: a user's chat spend on a day."""
     scope = f"{PREFIX}:chatspend:{day}:{user_id}"

@@ -162,6 +162,24 @@ _providers: dict[str, OpenAIProvider] = {}
 _providers_lock = threading.Lock()
 
 
+def chat_limiter(client: redis.Redis, provider: str, model: str) -> RedisLimiter:
+    """The fleet's budget of ``provider:model`` at the operator's limits, noted for ``/stats``."""
+    limiter = RedisLimiter(client, provider, model, Limits.resolve(provider, RateLimit()))
+    if limiter.scope not in _scopes_noted:
+        client.sadd(keys.chat_scopes(), limiter.scope)
+        _scopes_noted.add(limiter.scope)
+    return limiter
+
+
+def chat_limiters(client: redis.Redis) -> list[RedisLimiter]:
+    """The budgets chat sessions have drawn from."""
+    scopes = sorted(scope.decode() for scope in client.smembers(keys.chat_scopes()))
+    return [chat_limiter(client, *scope.split(":", 1)) for scope in scopes]
+
+
+_scopes_noted: set[str] = set()
+
+
 def _provider(name: str) -> OpenAIProvider:
     """The provider's SDK client for sessions, one per process (its key: this worker's)."""
     with _providers_lock:
@@ -225,7 +243,7 @@ def _call(
 ) -> Again | None:
     """Take the rate grant, call the provider, relay its chunks (the cost reserved)."""
     name, timeout_s = provider.name, provider.config.timeout_s
-    limiter = RedisLimiter(client, name, model, Limits.resolve(name, RateLimit()))
+    limiter = chat_limiter(client, name, model)
     turn = acquire_within(limiter, tokens, timeout_s, None, MOMENT_S)
     if not isinstance(turn, Grant):
         return Again(float(turn), attempt)  # the rate budget is spent: no attempt used

@@ -232,6 +232,8 @@ class Rates:
     requests_per_minute: float
     tokens_per_minute: float
     limits: Limits
+    #: Calls holding a lease now, fleet-wide (a dead holder's until it is found dead).
+    in_flight: int = 0
 
 
 class RedisLimiter:
@@ -376,14 +378,16 @@ class RedisLimiter:
         pipe = self.redis.pipeline(transaction=False)
         for minute in sorted(minutes):
             pipe.hgetall(keys.rate_counters(self.scope, minute))
+        pipe.zcard(keys.limit(self.scope, "in-flight"))
+        *parts, in_flight = pipe.execute()
         counters: dict[bytes, bytes] = {}
-        for part in pipe.execute():
+        for part in parts:
             counters.update(part)
         seconds = range(now - window_s, now)
         requests = sum(int(counters.get(f"r{s}".encode(), 0)) for s in seconds)
         tokens = sum(int(counters.get(f"t{s}".encode(), 0)) for s in seconds)
         scale = 60 / window_s
-        return Rates(requests * scale, tokens * scale, self.limits)
+        return Rates(requests * scale, tokens * scale, self.limits, in_flight)
 
 
 def task_limiter(client: redis.Redis, folder: TaskFolder) -> RedisLimiter:

@@ -42,7 +42,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.config import Environment, error_field, error_line, parse_config
-from mitrailleuse.credentials import key_variables_set
 from mitrailleuse.errors import (
     BrokerError,
     ConfigError,
@@ -54,7 +53,7 @@ from mitrailleuse.errors import (
 from mitrailleuse.pipeline import chat_stream, liveness
 from mitrailleuse.pipeline.chat_stream import Entry
 from mitrailleuse.pipeline.queues import all_queues, queue_depths
-from mitrailleuse.providers import available_providers
+from mitrailleuse.providers import available_providers, provider_class
 from mitrailleuse.ratelimit import task_limiter
 from mitrailleuse.services.progress import ProgressEvent, ProgressHub, RateView
 from mitrailleuse.services.tasks import (
@@ -580,7 +579,10 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
 
     @fleet.get("/stats")
     async def stats(who: Who) -> dict[str, Any]:
-        """Messages waiting per queue, runs under way, and their rates against the limits."""
+        """Queue depths, runs under way, and the budgets in use: rates and calls in flight.
+
+        The budgets are those the caller's runs and the chat sessions draw from, with limits.
+        """
         return await in_thread(lambda: _stats(probe, client.tasks_dir, who))
 
     @contextlib.asynccontextmanager
@@ -762,35 +764,44 @@ async def _completion(entries: AsyncGenerator[Entry | None, None]) -> dict[str, 
 
 
 def _fleet_health(probe: redis.Redis) -> dict[str, Any]:
-    """Whether Redis answers, each queue's live workers, each provider's key in this process.
+    """Whether Redis answers, each queue's live workers, and how many have each provider's key.
 
-    A key is said set or not, never shown. Workers read their own keys; this process's say
-    what a fleet started from the same environment (``mitrailleuse run``, compose) would have.
+    A worker announces the names of the key variables it has set, never a value.
     """
-    keys = {name: bool(key_variables_set([name])) for name in available_providers()}
     try:
         serving = liveness.serving(probe, all_queues())
     except redis.RedisError as error:
-        detail = one_line(error)
-        return {"status": "unavailable", "redis": False, "detail": detail, "key_set": keys}
+        return {"status": "unavailable", "redis": False, "detail": one_line(error)}
     return {
         "status": "ok",
         "redis": True,
         "workers": {queue: len(found) for queue, found in serving.items()},
         "unserved": sorted(queue for queue, found in serving.items() if not found),
-        "key_set": keys,
+        "workers_with_key": {
+            name: sum(bool(wanted & have) for have in serving.get(name, []))
+            for name, wanted in _key_variables().items()
+        },
     }
 
 
+def _key_variables() -> dict[str, set[str]]:
+    """Each provider installed here, and the variables that can hold its key."""
+    found = {}
+    for name in available_providers():
+        with contextlib.suppress(ConfigError):  # its SDK is not installed here (an extra)
+            found[name] = set(provider_class(name).key_variables)
+    return found
+
+
 def _stats(probe: redis.Redis, tasks_dir: Path, who: Caller) -> dict[str, Any]:
-    """The fleet's queues, and the caller's runs under way with their providers' rates."""
+    """The fleet's queues, the caller's runs under way, and the budgets in use (runs, chats)."""
     depths = queue_depths(probe)
     active = [
         folder
         for folder in iter_tasks(tasks_dir, who.user_id or "all")
         if folder.status().state in ACTIVE_STATES
     ]
-    limiters = {}
+    limiters = {limiter.scope: limiter for limiter in chat_stream.chat_limiters(probe)}
     for folder in active:
         limiter = task_limiter(probe, folder)
         limiters.setdefault(limiter.scope, limiter)

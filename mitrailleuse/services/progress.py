@@ -31,6 +31,9 @@ class RateView:
     requests_per_minute_limit: int
     #: None: no token budget.
     tokens_per_minute_limit: int | None
+    #: Calls out now, fleet-wide, and the most there may be.
+    in_flight: int
+    max_in_flight: int
 
     @classmethod
     def of(cls, rates: Rates) -> RateView:
@@ -40,6 +43,8 @@ class RateView:
             tokens_per_minute=rates.tokens_per_minute,
             requests_per_minute_limit=rates.limits.requests_per_minute,
             tokens_per_minute_limit=rates.limits.tokens_per_minute,
+            in_flight=rates.in_flight,
+            max_in_flight=rates.limits.max_in_flight,
         )
 
 

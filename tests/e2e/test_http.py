@@ -189,7 +189,12 @@ def test_a_task_from_json_to_results(serve, start_worker):
     report = health.json()
     assert report["redis"] and report["workers"]["openai"] >= 1
     assert report["workers"]["mitrailleuse"] >= 1 and "openai" not in report["unserved"]
-    assert report["key_set"]["openai"] is True
+    with_key = report["workers_with_key"]["openai"]
+    assert with_key == report["workers"]["openai"] >= 1
+    start_worker(queues=["openai"], concurrency=1, env={"OPENAI_API_KEY": ""})  # none
+    report = http.get("/health/full").json()
+    assert report["workers"]["openai"] == with_key + 1
+    assert report["workers_with_key"]["openai"] == with_key
 
 
 def test_an_upload_and_a_progress_stream_resumed(serve, sim, start_worker):
@@ -219,8 +224,9 @@ def test_an_upload_and_a_progress_stream_resumed(serve, sim, start_worker):
     assert not any(event["data"]["finished"] for event in first)
     stats = http.get("/stats").json()
     assert stats["runs_active"] == 1
-    ((scope, rates),) = stats["rates"].items()
-    assert scope.startswith("openai:") and rates["requests_per_minute_limit"] > 0
+    rates = next(rates for scope, rates in stats["rates"].items() if scope.startswith("openai:"))
+    assert rates["requests_per_minute_limit"] > 0
+    assert 0 <= rates["in_flight"] <= rates["max_in_flight"]
     assert set(stats["queues"]) >= {"openai", "mitrailleuse"}
 
     rest = stream_events(http, task["id"], headers={"Last-Event-ID": first[-1]["id"]})
@@ -357,7 +363,7 @@ def test_an_idle_stream_says_it_is_alive(monkeypatch):
         counts=TaskCounts(1, 1, 1, 0, 0),
         spent_usd=0.0,
         projected_usd=None,
-        rates=RateView(0.0, 0.0, 500, None),
+        rates=RateView(0.0, 0.0, 500, None, 0, 64),
         finished=True,
     )
 

@@ -124,6 +124,16 @@ def test_a_reconnect_with_last_event_id_misses_and_repeats_nothing(http, sim):
     assert sim.stats()["chat_streams"] == 1
 
 
+def test_stats_show_a_streaming_chats_call_in_flight(http, sim):
+    sim.configure(stream_chunk_ms=100)
+    session = start(http, user(LONG + " counted"), model="gpt-4o-mini")
+    first = sse_client_read(http, session["stream_url"], count=1)  # the worker streams now
+    rates = http.get("/stats").json()["rates"]["openai:gpt-4o-mini"]
+    assert rates["in_flight"] >= 1 and rates["requests_per_minute"] > 0
+    rest = sse_client_read(http, session["stream_url"], None, last_id=first[-1]["id"])
+    assert rest[-1]["data"] == "[DONE]"
+
+
 def test_a_hundred_and_fifty_readers_of_one_session_each_get_it_whole(http, sim):
     """More readers than a redis-py 8 pool's default 100 connections: each waits in XREAD."""
     sim.configure(stream_chunk_ms=100)
