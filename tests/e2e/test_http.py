@@ -14,12 +14,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import kombu
 import pytest
+from httpx_sse import EventSource
 from typer.testing import CliRunner
 
 from mitrailleuse.cli import app
@@ -90,32 +91,28 @@ def problem(response: httpx.Response, status: int) -> dict:
     return document
 
 
-def events(lines: Iterable[str]) -> Iterator[dict]:
-    """A ``text/event-stream``'s events, each its fields (``data`` parsed); comments skipped."""
-    fields: dict = {}
-    for line in lines:
-        if not line:
-            if fields:
-                yield {**fields, "data": json.loads(fields["data"])}
-                fields = {}
-            continue
-        if not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
+def sse_events(response: httpx.Response, count: int | None = None) -> list[dict]:
+    """A ``text/event-stream`` read with httpx-sse (``count``: then the client goes).
+
+    Each event as ``id``, ``data``, and ``event`` unless it is a plain message.
+    """
+    got: list[dict] = []
+    for event in EventSource(response).iter_sse():
+        named = {} if event.event == "message" else {"event": event.event}
+        got.append({"id": event.id, "data": event.data, **named})
+        if len(got) == count:
+            break
+    return got
 
 
 def stream_events(client: httpx.Client, task_id: str, count: int | None = None, **kwargs):
     """The task's progress events: ``count`` of them (then the client goes), or all."""
-    got = []
     with client.stream("GET", f"/v1/tasks/{task_id}/events", **kwargs) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
-        for event in events(response.iter_lines()):
-            got.append(event)
-            if len(got) == count:
-                break
-    return got
+        got = sse_events(response, count)
+    return [{**event, "data": json.loads(event["data"])} for event in got]
 
 
 def check_ids(got: list[dict]) -> None:

@@ -13,17 +13,23 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 
 from mitrailleuse.cost.pricing import price_of, worst_case_usd
 from mitrailleuse.pipeline.chat_stream import KEY_REFUSED
 from mitrailleuse.providers.openai import OpenAIProvider
 from mitrailleuse.simulator import chat_answer
-from tests.e2e.test_http import ALICE, BOB, TOKENS, bearer, problem, serve  # noqa: F401
+from tests.e2e.test_http import (  # noqa: F401
+    ALICE,
+    BOB,
+    TOKENS,
+    bearer,
+    problem,
+    serve,
+    sse_events,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,30 +40,11 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def sse(response: httpx.Response, count: int | None = None) -> Iterator[dict]:
-    """The events of a ``text/event-stream`` (``count``: stop after that many), comments skipped."""
-    fields: dict = {}
-    seen = 0
-    for line in response.iter_lines():
-        if line.startswith(":"):
-            continue
-        if line:
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-            continue
-        if fields:
-            yield fields
-            seen += 1
-            fields = {}
-            if seen == count:
-                return
-
-
 def read_stream(http: httpx.Client, url: str, count: int | None = None, **kwargs) -> list[dict]:
     with http.stream("GET", url, **kwargs) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        return list(sse(response, count))
+        return sse_events(response, count)
 
 
 def text_of(events: list[dict]) -> str:
@@ -98,25 +85,13 @@ def test_a_chat_streamed_through_the_fleet(http, sim):
     assert sim.stats()["chat_streams"] == 1
 
 
-def sse_client_read(http: httpx.Client, url: str, count: int | None, last_id: str = "") -> list:
-    """Events read with httpx-sse (``count``: then the client goes), as ``{id, data}``."""
-    headers = {"Last-Event-ID": last_id} if last_id else {}
-    events = []
-    with connect_sse(http, "GET", url, headers=headers) as source:
-        for event in source.iter_sse():
-            events.append({"id": event.id, "data": event.data})
-            if len(events) == count:
-                break
-    return events
-
-
 def test_a_reconnect_with_last_event_id_misses_and_repeats_nothing(http, sim):
     sim.configure(stream_chunk_ms=60)
     messages = user(LONG + " again")
     session = start(http, messages)
-    first = sse_client_read(http, session["stream_url"], count=3)  # then the client goes
+    first = read_stream(http, session["stream_url"], count=3)  # then the client goes
     assert sim.stats()["chat_streams_completed"] == 0  # it went mid-stream
-    rest = sse_client_read(http, session["stream_url"], None, last_id=first[-1]["id"])
+    rest = read_stream(http, session["stream_url"], headers={"Last-Event-ID": first[-1]["id"]})
     assert rest[-1]["data"] == "[DONE]"
     assert text_of(first + rest) == chat_answer(messages)
     assert not {e["id"] for e in first} & {e["id"] for e in rest}
@@ -127,10 +102,10 @@ def test_a_reconnect_with_last_event_id_misses_and_repeats_nothing(http, sim):
 def test_stats_show_a_streaming_chats_call_in_flight(http, sim):
     sim.configure(stream_chunk_ms=100)
     session = start(http, user(LONG + " counted"), model="gpt-4o-mini")
-    first = sse_client_read(http, session["stream_url"], count=1)  # the worker streams now
+    first = read_stream(http, session["stream_url"], count=1)  # the worker streams now
     rates = http.get("/stats").json()["rates"]["openai:gpt-4o-mini"]
     assert rates["in_flight"] >= 1 and rates["requests_per_minute"] > 0
-    rest = sse_client_read(http, session["stream_url"], None, last_id=first[-1]["id"])
+    rest = read_stream(http, session["stream_url"], headers={"Last-Event-ID": first[-1]["id"]})
     assert rest[-1]["data"] == "[DONE]"
 
 
@@ -212,7 +187,7 @@ def test_post_chat_streams_or_answers_whole(http, sim):
     body = {"api": "openai", "messages": messages}
     with http.stream("POST", "/v1/chat", json={**body, "stream": True}) as response:
         assert response.status_code == 200
-        events = list(sse(response))
+        events = sse_events(response)
     assert events[-1]["data"] == "[DONE]" and text_of(events) == chat_answer(messages)
 
     response = http.post("/v1/chat", json=body)

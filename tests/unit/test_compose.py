@@ -442,6 +442,17 @@ def test_flower_needs_a_password_and_gets_no_key(fleet):
     assert option(args_of(flower["command"]), "--port") == "5555"
 
 
+def published_on_loopback(service: dict) -> tuple[str, str]:
+    """The service's one published port, checked to be on 127.0.0.1: (on the host, inside)."""
+    (published,) = service["ports"]
+    if isinstance(published, str):
+        host_ip, host_port, target = published.rsplit(":", 2)
+    else:
+        host_ip, host_port, target = (published[k] for k in ("host_ip", "published", "target"))
+    assert host_ip == "127.0.0.1"
+    return str(host_port), str(target)
+
+
 def test_grpc_is_opt_in_and_serves_beyond_loopback_only_with_tls_and_tokens(fleet):
     grpc = fleet["services"]["grpc"]
     assert grpc["profiles"] == ["grpc"], "`docker compose up` alone does not start it"
@@ -458,12 +469,7 @@ def test_grpc_is_opt_in_and_serves_beyond_loopback_only_with_tls_and_tokens(flee
     assert option(args, "--tls-key") in secrets.values()
     assert "MITRAILLEUSE_API_TOKENS" in environment_of(grpc)
     port = option(args, "--port")
-    (published,) = grpc["ports"]
-    if isinstance(published, str):
-        host_ip, host_port, target = published.rsplit(":", 2)
-    else:
-        host_ip, host_port, target = (published[k] for k in ("host_ip", "published", "target"))
-    assert (host_ip, str(host_port), str(target)) == ("127.0.0.1", port, port)
+    assert published_on_loopback(grpc) == (port, port)
 
 
 def test_http_is_opt_in_and_serves_beyond_loopback_only_with_tokens(fleet):
@@ -473,12 +479,7 @@ def test_http_is_opt_in_and_serves_beyond_loopback_only_with_tokens(fleet):
     assert args[:2] == ["serve", "http"] and option(args, "--address") == "0.0.0.0"
     assert "MITRAILLEUSE_API_TOKENS" in environment_of(http)
     port = option(args, "--port")
-    (published,) = http["ports"]
-    if isinstance(published, str):
-        host_ip, host_port, target = published.rsplit(":", 2)
-    else:
-        host_ip, host_port, target = (published[k] for k in ("host_ip", "published", "target"))
-    assert (host_ip, str(host_port), str(target)) == ("127.0.0.1", port, port)
+    assert published_on_loopback(http) == (port, port)
     assert f"http://127.0.0.1:{port}/health" in " ".join(args_of(http["healthcheck"]["test"]))
 
 
