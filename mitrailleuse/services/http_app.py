@@ -177,6 +177,7 @@ class ChatRequest(BaseModel):
         False, description="POST /v1/chat: answer as Server-Sent Events (/chat/async: always)."
     )
     stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="One answer a session: 1, or left out.")
 
     def session_request(self, whole: bool) -> dict[str, Any]:
         """What the session keeps for the worker; a ``whole`` answer always carries its usage."""

@@ -17,8 +17,12 @@ import uuid
 import httpx
 import pytest
 
+from mitrailleuse import keys
 from mitrailleuse.cost.pricing import price_of, worst_case_usd
+from mitrailleuse.pipeline import chat_stream
 from mitrailleuse.pipeline.chat_stream import KEY_REFUSED
+from mitrailleuse.pipeline.liveness import Lease
+from mitrailleuse.pipeline.run_state import redis_client
 from mitrailleuse.providers.openai import OpenAIProvider
 from mitrailleuse.simulator import chat_answer
 from tests.e2e.test_http import (  # noqa: F401
@@ -223,6 +227,11 @@ def test_unknown_and_other_users_sessions_are_404(serve, sim, start_worker):  # 
     assert len(detail) < 100
 
 
+def test_one_answer_a_session(http, sim):
+    refused = problem(http.post("/v1/chat/async", json={"messages": user("two"), "n": 2}), 422)
+    assert refused["field"] == "n"
+
+
 def test_a_chat_body_over_a_megabyte_is_refused(http, sim):
     big = {"api": "openai", "messages": user("x" * (1 << 20))}
     for path in ("/v1/chat/async", "/v1/chat"):
@@ -252,3 +261,32 @@ def test_a_users_chat_budget_stops_their_sessions_not_others(serve, sim, start_w
     assert error["type"] == "budget" and "is spent for today" in error["message"]
     assert ending(other)["data"] == "[DONE]"  # another user's budget is their own
     assert sim.stats()["chat_requests"] == 2
+
+
+def test_a_redelivered_session_is_streamed_once_and_a_begun_one_ends_cut(fleet_env, sim):
+    """The worker's side: a copy of the message while a live worker holds the session does
+    nothing; a copy after a worker died mid-stream ends the session cut, without a call."""
+    client = redis_client(fleet_env["REDIS_URL"])
+    request = {"model": None, "messages": user("once only"), "settings": {}}
+
+    def session() -> str:
+        return chat_stream.open_session(client, "", "openai", {**request, "include_usage": False})
+
+    def kinds(session_id: str) -> list[bytes]:
+        return [fields[b"kind"] for _, fields in client.xrange(keys.chat_stream(session_id))]
+
+    streamed = session()
+    elsewhere = Lease(client, f"chat:{streamed}", 60)  # a live worker streams it
+    assert elsewhere.acquire()
+    assert chat_stream.stream_session(client, streamed, attempt=1) is None
+    assert kinds(streamed) == [] and sim.stats()["chat_requests"] == 0
+    elsewhere.release()
+    assert chat_stream.stream_session(client, streamed, attempt=1) is None
+    assert kinds(streamed)[-1] == b"done" and sim.stats()["chat_requests"] == 1
+
+    begun = session()  # a worker appended a chunk, then died: its lease is free
+    client.xadd(keys.chat_stream(begun), {"kind": "chunk", "data": b"{}"})
+    assert chat_stream.stream_session(client, begun, attempt=1) is None
+    assert kinds(begun) == [b"chunk", b"error"] and sim.stats()["chat_requests"] == 1
+    error = json.loads(client.xrange(keys.chat_stream(begun))[-1][1][b"data"])["error"]
+    assert error["type"] == "stream_cut"
