@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench proto clean
+.PHONY: install demo test lint format bench proto clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,19 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/mitrailleuse demo
 
-test: install lint
+test: install lint browser
 	$(PY) -m pytest
+
+# the web page's tests drive the OS's Chromium through its chromedriver (neither comes from
+# PyPI, and Chromium cannot be downloaded here): installed with apt-get when run as root on a
+# Debian-like system, else the browser tests are skipped and say why
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "note: no chromium and chromedriver here: the browser tests will be skipped"; fi
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -128,6 +128,31 @@ def iter_items(
                 return  # before reading a line that would be left out anyway
 
 
+def item_at(path: Path, index: int) -> dict[str, Any] | None:
+    """The object of item ``index`` (1-based, as :func:`iter_items` numbers them) of a file.
+
+    None when that item is not an object (its record says why). A JSONL file is read up to that
+    line without parsing the lines before it.
+    """
+    if _suffix(path) != JSONL_SUFFIX:
+        elements = _json_elements(path)
+        if isinstance(elements, str) or not 0 < index <= len(elements):
+            return None
+        element = elements[index - 1]
+        return element if type(element) is dict else None
+    number = 0
+    with _open(path) as handle:
+        for line in handle:
+            if number == 0 and line.startswith(_BOM):
+                line = line[len(_BOM) :]
+            if line.isspace() or not line:
+                continue
+            number += 1
+            if number == index:
+                return None if len(line) > MAX_LINE_BYTES else _parse_line(line)[0]
+    return None
+
+
 def count_items(paths: Sequence[Path], limit: int | None = None) -> int:
     """Count the items :func:`iter_items` yields from the start, at most ``limit``.
 

@@ -32,16 +32,19 @@ import redis
 import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mitrailleuse.api import Mitrailleuse
 from mitrailleuse.config import Environment, error_field, error_line, parse_config
+from mitrailleuse.cost.pricing import shipped_prices
 from mitrailleuse.errors import (
     BrokerError,
     ConfigError,
@@ -50,11 +53,13 @@ from mitrailleuse.errors import (
     TaskNameError,
     TaskNotFound,
 )
+from mitrailleuse.export import export_records
 from mitrailleuse.pipeline import chat_stream, liveness
 from mitrailleuse.pipeline.chat_stream import Entry
 from mitrailleuse.pipeline.queues import all_queues, queue_depths
 from mitrailleuse.providers import available_providers, provider_class
 from mitrailleuse.ratelimit import task_limiter
+from mitrailleuse.services import records_view
 from mitrailleuse.services.progress import ProgressEvent, ProgressHub, RateView
 from mitrailleuse.services.tasks import (
     TaskNotFinished,
@@ -90,6 +95,12 @@ CHAT_MAX_BYTES = 1 << 20
 MAX_CHAT_STREAMS = 1000
 #: How long a provider's live workers, once seen, are taken as serving it for new chats.
 SERVING_TTL_S = 1.0
+#: The web page's files: HTML, CSS and an ES module, served as they are (no build step).
+WEB_DIR = Path(__file__).parent / "web"
+#: What a finished run offers for download.
+DOWNLOADS = ("results.jsonl", "errors.jsonl", "results.csv")
+#: What a native batch's view shows.
+BATCH_FIELDS = {"number", "items", "step", "batch_id", "status", "raw_status", "request_counts"}
 
 
 class UploadTooLarge(MitrailleuseError):
@@ -418,9 +429,14 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         state: Annotated[str, Query(description="Only tasks in this state.")] = "",
         page_size: Annotated[int, Query(description="0: 100; at most 500.")] = 0,
         page_token: Annotated[str, Query(description="A response's next_page_token.")] = "",
+        provider: Annotated[str, Query(description="Only tasks of this provider.")] = "",
+        order: Annotated[Literal["oldest", "newest"], Query(description="By creation.")] = "oldest",
     ) -> TaskPage:
-        """The caller's tasks (oldest first), by state, a page at a time."""
-        return await in_thread(lambda: tasks.page(who, user_id, state, page_size, page_token))
+        """The caller's tasks, by state and provider, a page at a time."""
+        newest = order == "newest"
+        return await in_thread(
+            lambda: tasks.page(who, user_id, state, page_size, page_token, provider, newest)
+        )
 
     @api.get("/tasks/{user_id}/{folder}")
     async def get_task(user_id: str, folder: str, who: Who) -> TaskView:
@@ -466,6 +482,73 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
         lines = (orjson.dumps(record) + b"\n" async for _, record in drain_in_thread(records))
         return StreamingResponse(lines, media_type=NDJSON)
 
+    @api.get("/tasks/{user_id}/{folder}/records", responses={409: {"description": "Not over."}})
+    async def task_records(
+        user_id: str,
+        folder: str,
+        who: Who,
+        show: Annotated[records_view.Show, Query(description="Which records.")] = "all",
+        q: Annotated[str, Query(max_length=200, description="Text to find in a record.")] = "",
+        offset: Annotated[int, Query(ge=0, description="A page's next_offset (0: the start).")] = 0,
+        limit: Annotated[int, Query(ge=1, le=200, description="Rows at most.")] = 50,
+    ) -> records_view.RecordPage:
+        """A page of the finished run's records, short, from a byte offset of its results.
+
+        A filter that matches rarely answers with what it found in a slice of the file, and
+        where to go on (``next_offset``, ``scanned_to`` of ``size``).
+        """
+
+        def read() -> records_view.RecordPage:
+            found = tasks.finished(task_at(who, user_id, folder))
+            return records_view.page(found.results_path, show, q, offset, limit)
+
+        return await in_thread(read)
+
+    @api.get("/tasks/{user_id}/{folder}/records/{offset}")
+    async def task_record(user_id: str, folder: str, offset: int, who: Who) -> dict[str, Any]:
+        """One record, whole (``record``), and the request it was sent (``request``)."""
+        return await in_thread(
+            lambda: records_view.opened(tasks.finished(task_at(who, user_id, folder)), offset)
+        )
+
+    @api.get("/tasks/{user_id}/{folder}/batches")
+    async def task_batches(user_id: str, folder: str, who: Who) -> list[dict[str, Any]]:
+        """The run's native batches: their provider ids, raw statuses and request counts."""
+
+        def batches() -> list[dict[str, Any]]:
+            run = client.get_run(task_at(who, user_id, folder))
+            return [batch.model_dump(include=BATCH_FIELDS) for batch in run.batches()]
+
+        return await in_thread(batches)
+
+    @api.get(
+        "/tasks/{user_id}/{folder}/download/{name}",
+        response_class=FileResponse,
+        responses={409: {"description": "The run has not finished."}},
+    )
+    async def task_download(
+        user_id: str,
+        folder: str,
+        name: Literal[DOWNLOADS],
+        who: Who,  # type: ignore[valid-type]
+    ) -> FileResponse:
+        """The finished run's ``results.jsonl`` or ``errors.jsonl``, or its records as CSV."""
+
+        def prepare() -> tuple[Path, BackgroundTask | None]:
+            found = tasks.finished(task_at(who, user_id, folder))
+            if name == "results.jsonl":
+                return found.results_path, None
+            if name == "errors.jsonl":
+                if not found.errors_path.exists():
+                    raise FileNotFoundError("the run has no errors.jsonl")
+                return found.errors_path, None
+            scratch = Path(tempfile.mkdtemp(prefix="mitrailleuse-csv-"))
+            made = export_records(found.results_path, "csv", scratch / name)
+            return made, BackgroundTask(shutil.rmtree, scratch, ignore_errors=True)
+
+        path, cleanup = await in_thread(prepare)
+        return FileResponse(path, filename=f"{folder}-{name}", background=cleanup)
+
     @api.get(
         "/tasks/{user_id}/{folder}/events",
         response_class=StreamingResponse,
@@ -507,6 +590,15 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
                 raise Unavailable(f"no worker serves {body.api}: start one (mitrailleuse worker)")
             served_at[body.api] = time.monotonic()
         return client.start_chat(user_id, body.api, body.session_request(whole))
+
+    @chat.get("/chat/providers")
+    async def chat_providers(who: Who) -> list[dict[str, Any]]:
+        """The providers a chat can use, each with its default model and the priced ones."""
+        return [
+            {"api": name, "model": cls.model_name(cls.config_model()), "models": models}
+            for name in chat_stream.STREAMING_PROVIDERS
+            for cls, models in [(provider_class(name), sorted(shipped_prices().get(name, {})))]
+        ]
 
     @chat.post("/chat/async", status_code=HTTPStatus.ACCEPTED)
     async def chat_async(body: ChatRequest, who: Who) -> ChatSession:
@@ -600,6 +692,13 @@ def create_app(client: Mitrailleuse, tokens: Mapping[str, str]) -> FastAPI:
     app.include_router(api)
     app.include_router(chat)
     app.include_router(fleet)
+    app.mount("/ui", StaticFiles(directory=WEB_DIR), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        """The web page (its data comes from /v1, with the visitor's token)."""
+        return FileResponse(WEB_DIR / "index.html")
+
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     for kind in STATUS_OF:
         app.add_exception_handler(kind, _error_problem)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,11 +78,19 @@ class TaskView:
     run_id: str | None
     #: realtime or batch (None before the first run).
     mode: str | None
+    #: What the run spent so far (as the folder last recorded it, or live while it runs).
+    spent_usd: float = 0.0
+    #: ISO 8601 times, UTC (None: not yet).
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
 
     @classmethod
     def of(cls, folder: TaskFolder) -> TaskView:
         """The task as its folder records it."""
         status = folder.status()
+        summary = folder.summary()
+        spent = summary.get("cost_usd") if summary.get("run_id") == status.run_id else None
         return cls(
             id=f"{folder.user_id}/{folder.name}",
             task_path=str(folder.path),
@@ -92,6 +101,10 @@ class TaskView:
             counts=TaskCounts.of(status.counts),
             run_id=status.run_id,
             mode=status.mode if status.run_id else None,
+            spent_usd=spent or 0.0,
+            created_at=_iso(status.created_at),
+            started_at=_iso(status.started_at),
+            finished_at=_iso(status.finished_at),
         )
 
 
@@ -150,7 +163,12 @@ class Tasks:
     def status(self, folder: TaskFolder) -> TaskView:
         """The folder's view of a task, made live from Redis while it runs."""
         progress = self.client.get_run(folder).progress()
-        return replace(TaskView.of(folder), state=progress.state, counts=TaskCounts.of(progress))
+        return replace(
+            TaskView.of(folder),
+            state=progress.state,
+            counts=TaskCounts.of(progress),
+            spent_usd=progress.spent_usd,
+        )
 
     def cancel(self, folder: TaskFolder) -> TaskView:
         """Stop dispatching: in-flight items finish, the run ends cancelled."""
@@ -158,34 +176,63 @@ class Tasks:
         return self.status(folder)
 
     def page(
-        self, caller: Caller, user_id: str, state: str, page_size: int, page_token: str
+        self,
+        caller: Caller,
+        user_id: str,
+        state: str,
+        page_size: int,
+        page_token: str,
+        provider: str = "",
+        newest_first: bool = False,
     ) -> TaskPage:
-        """The caller's tasks (or ``user_id``'s), oldest first, by state, a page at a time."""
+        """The caller's tasks (or ``user_id``'s), by state and provider, a page at a time."""
         user = caller.user_for(user_id) if caller.user_id else user_id
         if page_size < 0 or not (page_token or "0").isdigit():
             raise ConfigError("page_size must be 0 or more, page_token one a response gave")
         size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
         start = int(page_token or 0)
         folders = list(iter_tasks(self.client.tasks_dir, user or "all"))
-        if state:
-            folders = [f for f in folders if f.status().state == state]
+        if newest_first:
+            folders.reverse()
+        if state or provider:
+            statuses = ((f, f.status()) for f in folders)
+            folders = [
+                f
+                for f, status in statuses
+                if status.state == (state or status.state)
+                and status.provider == (provider or status.provider)
+            ]
         more = str(start + size) if start + size < len(folders) else None
-        return TaskPage([TaskView.of(f) for f in folders[start : start + size]], more)
+        shown = folders[start : start + size]
+        return TaskPage([self._view(f) for f in shown], more)
+
+    def _view(self, folder: TaskFolder) -> TaskView:
+        """A listed task: live from Redis while its run goes on, else as its folder says."""
+        found = TaskView.of(folder)
+        return found if found.state in FINAL_STATES | {"created"} else self.status(folder)
 
     def results(self, folder: TaskFolder, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """The finished run's records in input order, each with its index, from ``start`` on."""
         if start < 0:
             raise ConfigError("the start index must be 0 or more")
+        return _records_from(self.finished(folder), start)
+
+    def finished(self, folder: TaskFolder) -> TaskFolder:
+        """The folder, once its run ended with its results written (else TaskNotFinished)."""
         state = folder.status().state
         if state not in FINAL_STATES or not folder.results_path.exists():
             raise TaskNotFinished(f"{folder.name}: the run has not finished ({state})")
-        return _records_from(folder, start)
+        return folder
 
 
 def _records_from(folder: TaskFolder, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
     for index, record in enumerate(read_records(folder.results_path)):
         if index >= start:
             yield index, record
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def json_from_text(text: str, source: str) -> Any:
