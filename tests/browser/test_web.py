@@ -177,10 +177,10 @@ def first_load(browser: WebDriver, page, task: dict) -> dict[str, float]:
     return {"bytes": sum(sizes), "ms_until_figures": round(shown_ms)}
 
 
-def test_cancel_from_the_run_page(page, sim):
+def test_cancel_and_resume_from_the_run_page(page, sim):
     server = page.server
-    sim.configure(latency_ms=500)
-    task = create(server, "to-cancel", questions(400))
+    sim.configure(latency_ms=2000)  # 2,000 items, 80 at a time: about 50 s, far from over
+    task = create(server, "to-cancel", questions(2000))
     execute(server, task)
     browser = page(run_href(task))
     wait_for(browser, lambda b: b.find_element(By.ID, "cancel").is_enabled(), "cancel enabled")
@@ -188,8 +188,12 @@ def test_cancel_from_the_run_page(page, sim):
     browser.switch_to.alert.accept()
     wait_for(browser, lambda b: text_of(b, "#run-state") == "cancelled", "cancelled")
     view = server.client.get(f"/v1/tasks/{task['id']}").json()
-    assert view["state"] == "cancelled" and view["counts"]["done"] < 400
+    assert view["state"] == "cancelled" and view["counts"]["done"] < 2000
     shot(browser, "cancelled")
+    browser.find_element(By.ID, "resume").click()
+    browser.switch_to.alert.accept()
+    wait_for(browser, lambda b: text_of(b, "#run-state") in ("queued", "running"), "resumed")
+    server.client.post(f"/v1/tasks/{task['id']}/cancel")  # not to be waited for
 
 
 def test_the_viewer_pages_a_hundred_thousand_records_and_opens_a_failed_one(page, tasks_dir):

@@ -25,8 +25,8 @@ def http(serve, start_worker):  # noqa: F811
     return serve().client
 
 
-def finished_task(http, rows: list[dict], name: str = "r") -> dict:
-    task = http.post("/v1/tasks", json=task_body(rows, name=name)).json()
+def finished_task(http, rows: list[dict], name: str = "r", config: dict | None = None) -> dict:
+    task = http.post("/v1/tasks", json=task_body(rows, name=name, config=config)).json()
     assert http.post(f"/v1/tasks/{task['id']}/execute").status_code == 202
     events = http.get(f"/v1/tasks/{task['id']}/events", timeout=120)  # to the final event
     assert '"finished":true' in events.text
@@ -90,3 +90,21 @@ def test_the_task_list_newest_first_by_provider_and_the_chat_providers(http):
     providers = {p["api"]: p for p in http.get("/v1/chat/providers").json()}
     assert set(providers) == {"openai", "deepseek"}
     assert providers["openai"]["model"] == "gpt-4o-mini" in providers["openai"]["models"]
+
+
+def test_a_native_batch_runs_batches_are_listed_with_their_raw_status(
+    serve,  # noqa: F811
+    sim,
+    start_worker,
+    start_beat,
+):
+    sim.configure(batch_duration_s=0.5)
+    start_worker(queues=["mitrailleuse"])
+    start_beat()
+    http = serve().client
+    config = {"openai": {"mode": "batch", "batch": {"batch_size": 20, "batch_check_time": 0.5}}}
+    task = finished_task(http, questions(12), config=config)
+    batches = http.get(f"/v1/tasks/{task['id']}/batches").json()
+    assert sum(batch["items"] for batch in batches) == 12
+    assert {batch["raw_status"] for batch in batches} == {"completed"}
+    assert all(batch["batch_id"].startswith("batch") for batch in batches)

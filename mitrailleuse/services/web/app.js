@@ -209,10 +209,11 @@ async function runsPage(signal, params) {
 
 // --- one run -----------------------------------------------------------------------------
 
-function rateChart(samples, limit) {
+// The request and token rates over time, each as a share of its limit (the dashed line).
+function rateChart(samples) {
   const width = 600;
   const height = 90;
-  const top = Math.max(limit || 0, ...samples.map((s) => s.rpm), 1);
+  const top = Math.max(1, ...samples.map((s) => Math.max(s.requests, s.tokens)));
   const x = (i) => (samples.length < 2 ? 0 : (i / (samples.length - 1)) * width);
   const y = (v) => height - 4 - (v / top) * (height - 8);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -229,8 +230,9 @@ function rateChart(samples, limit) {
     if (dash) path.setAttribute("stroke-dasharray", "6 4");
     svg.append(path);
   };
-  if (limit) line(`0,${y(limit)} ${width},${y(limit)}`, "#c0392b", true);
-  line(samples.map((s, i) => `${x(i)},${y(s.rpm)}`).join(" "), "#2456c8");
+  line(`0,${y(1)} ${width},${y(1)}`, "#c0392b", true);
+  line(samples.map((s, i) => `${x(i)},${y(s.requests)}`).join(" "), "#2456c8");
+  line(samples.map((s, i) => `${x(i)},${y(s.tokens)}`).join(" "), "#1f8a4c");
   return svg;
 }
 
@@ -265,7 +267,7 @@ async function runPage(signal, params, user, folder) {
     el("h1", {}, task.task_name, " ", stateBadge(task.state, "run-state")),
     el("p", { class: "muted" }, `${id} · ${task.api} · ${task.mode || "not run yet"}`),
     bar,
-    el("div", { class: "figures" }, figure("done", "done"), figure("failed", "failed"), figure("cached", "cached"), figure("spent", "spent"), figure("projected", "projected"), figure("ETA", "eta"), figure("requests / min", "rate")),
+    el("div", { class: "figures" }, figure("done", "done"), figure("failed", "failed"), figure("cached", "cached"), figure("spent", "spent"), figure("projected", "projected"), figure("ETA", "eta"), figure("requests / min", "rate"), figure("tokens / min", "tokens")),
     chart,
     el("div", { class: "row" }, cancel, resume, el("a", { href: taskHref("records", id), id: "records-link" }, "Records →")),
     message,
@@ -285,7 +287,13 @@ async function runPage(signal, params, user, folder) {
     document.getElementById("run-cached").textContent = String(counts.cached);
     document.getElementById("run-spent").textContent = money(current.spent_usd);
     document.getElementById("run-projected").textContent = money(current.projected_usd);
-    samples.push({ t: Date.now() / 1000, done: counts.done, rpm: rates ? rates.requests_per_minute : 0 });
+    const share = (rate, limit) => (rates && limit ? rate / limit : 0);
+    samples.push({
+      t: Date.now() / 1000,
+      done: counts.done,
+      requests: share(rates?.requests_per_minute, rates?.requests_per_minute_limit),
+      tokens: share(rates?.tokens_per_minute, rates?.tokens_per_minute_limit),
+    });
     samples.splice(0, Math.max(0, samples.length - 120));
     const first = samples.find((s) => s.t >= samples[samples.length - 1].t - 20) || samples[0];
     const last = samples[samples.length - 1];
@@ -294,7 +302,9 @@ async function runPage(signal, params, user, folder) {
     document.getElementById("run-eta").textContent = FINAL.has(current.state) ? "done" : speed > 0 ? `${Math.ceil(left / speed)} s` : "–";
     if (rates) {
       document.getElementById("run-rate").textContent = `${count(rates.requests_per_minute)} / ${count(rates.requests_per_minute_limit)}`;
-      fill(chart, rateChart(samples, rates.requests_per_minute_limit));
+      const tokens = rates.tokens_per_minute_limit ? ` / ${count(rates.tokens_per_minute_limit)}` : "";
+      document.getElementById("run-tokens").textContent = `${count(rates.tokens_per_minute)}${tokens}`;
+      fill(chart, el("p", { class: "muted" }, "requests (blue) and tokens (green) per minute, as a share of their limits (dashed)"), rateChart(samples));
     }
     cancel.disabled = !ACTIVE.has(current.state);
     resume.disabled = !RESUMABLE.has(current.state);
