@@ -251,14 +251,18 @@ def hundred_thousand(tasks_dir: Path) -> dict:
     return {"id": f"alice/{folder.name}"}
 
 
-def test_the_chat_shows_tokens_as_they_stream(page, sim):
-    sim.configure(stream_chunk_ms=120)
+def ask(page, prompt: str) -> tuple[WebDriver, str]:
+    """Open the chat, send ``prompt``: the browser, and the answer the simulator streams."""
     browser = page("#/chat")
     wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#chat-model option"), "models")
-    prompt = "tell me slowly about the seven colours of a rainbow"
     browser.find_element(By.ID, "chat-input").send_keys(prompt)
     browser.find_element(By.ID, "chat-send").click()
-    expected = chat_answer([{"role": "user", "content": prompt}])
+    return browser, chat_answer([{"role": "user", "content": prompt}])
+
+
+def test_the_chat_shows_tokens_as_they_stream(page, sim):
+    sim.configure(stream_chunk_ms=120)
+    browser, expected = ask(page, "tell me slowly about the seven colours of a rainbow")
     lengths = []
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -275,12 +279,8 @@ def test_the_chat_shows_tokens_as_they_stream(page, sim):
 
 def test_a_chat_reloaded_mid_answer_goes_on_where_it_was(page, sim):
     sim.configure(stream_chunk_ms=150)
-    browser = page("#/chat")
-    wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#chat-model option"), "models")
     prompt = "tell me about the tides and the moon, one word at a time"
-    browser.find_element(By.ID, "chat-input").send_keys(prompt)
-    browser.find_element(By.ID, "chat-send").click()
-    expected = chat_answer([{"role": "user", "content": prompt}])
+    browser, expected = ask(page, prompt)
     wait_for(browser, lambda b: len(text_of(b, "#chat-answer")) > 5, "the first tokens")
     browser.refresh()
     wait_for(browser, lambda b: text_of(b, "#chat-answer") == expected, "the whole answer")
