@@ -28,7 +28,8 @@ browser:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing chromium and chromium-driver (apt-get)"; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+			apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+			fonts-liberation >/dev/null; \
 	else echo "note: no chromium and chromedriver here: the browser tests will be skipped"; fi
 
 lint: install
