@@ -110,10 +110,10 @@ def test_the_wheel_ships_the_package_data_and_no_top_level_module(installed):
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     data = {
         path.relative_to(REPO).as_posix()
-        for pattern in ("*.lua", "*.json")
+        for pattern in ("*.lua", "*.json", "services/web/*")
         for path in (REPO / "mitrailleuse").rglob(pattern)
     }
-    assert "mitrailleuse/cost/prices.json" in data
+    assert {"mitrailleuse/cost/prices.json", "mitrailleuse/services/web/app.js"} <= data
     assert data | {"mitrailleuse/py.typed"} <= names
     assert {name.split("/")[0] for name in names} == {
         "mitrailleuse",
